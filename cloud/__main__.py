@@ -1,0 +1,3 @@
+from cloud.cli import cloud as group
+
+group(prog_name="python -m cloud")

@@ -1,0 +1,3 @@
+from edge.cli import edge as group
+
+group(prog_name="python -m edge")

@@ -1,0 +1,226 @@
+"""Run Mosquitto locally with the project's `broker-config/` files: demo, tests, bench, chaos.
+
+The config files are written for the eclipse-mosquitto image; `render_config` rewrites their
+listeners and paths for a local run on a free port, and drops the TLS listener unless asked.
+`hash_password` writes Mosquitto's own PBKDF2-SHA512 ($7$) format, so thousands of meter
+credentials are generated without calling `mosquitto_passwd` per meter.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+Role = Literal["edge", "cloud"]
+
+CONFIG_ROOT = Path(__file__).resolve().parent.parent / "broker-config"
+PBKDF2_ITERATIONS = 101  # mosquitto_passwd's default
+
+
+class BrokerError(RuntimeError):
+    pass
+
+
+def hash_password(password: str, *, salt: bytes | None = None) -> str:
+    salt = salt or secrets.token_bytes(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, PBKDF2_ITERATIONS, 64)
+    return f"$7${PBKDF2_ITERATIONS}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def write_password_file(path: Path, users: Mapping[str, str]) -> None:
+    lines = [f"{user}:{hash_password(pw)}\n" for user, pw in users.items()]
+    path.write_text("".join(lines))
+    path.chmod(0o600)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def mosquitto_binary() -> str:
+    found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    if not found:
+        raise BrokerError("mosquitto is not installed: run `apt-get install mosquitto` (or `./scripts/setup`)")
+    return found
+
+
+def render_config(role: Role, *, workdir: Path, port: int, tls_port: int | None = None,
+                  certs_dir: Path | None = None, config_root: Path = CONFIG_ROOT) -> Path:
+    """Write a local copy of broker-config/{role}/mosquitto.conf into `workdir`; returns its path."""
+    source = (config_root / role / "mosquitto.conf").read_text().splitlines()
+    data_dir = workdir / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    replacements = {
+        "password_file": str(workdir / "passwd"),
+        "acl_file": str(workdir / "acl"),
+        "persistence_location": f"{data_dir}/",
+    }
+    if certs_dir is not None:
+        replacements |= {"cafile": str(certs_dir / "ca.crt"), "certfile": str(certs_dir / "server.crt"),
+                         "keyfile": str(certs_dir / "server.key")}
+    out: list[str] = []
+    in_tls = False
+    for line in source:
+        words = line.split()
+        if words[:1] == ["listener"]:
+            in_tls = words[1] == "8883"
+            if in_tls:
+                if tls_port is None:
+                    continue
+                out.append(f"listener {tls_port} 127.0.0.1")
+            else:
+                out.append(f"listener {port} 127.0.0.1")
+            continue
+        if in_tls and tls_port is None and words and words[0] in (
+            "protocol", "cafile", "certfile", "keyfile", "tls_version", "require_certificate",
+            "use_identity_as_username",
+        ):
+            continue
+        if words and words[0] in replacements:
+            out.append(f"{words[0]} {replacements[words[0]]}")
+            continue
+        if words[:1] == ["log_type"] and words[1:2] == ["notice"]:
+            continue
+        out.append(line)
+    out.append(f"log_dest file {workdir / 'mosquitto.log'}")
+    if os.geteuid() == 0:
+        # Started as root, mosquitto would switch to user "mosquitto" and lose access to workdir.
+        out.append("user root")
+    shutil.copy(config_root / role / "acl", workdir / "acl")
+    conf = workdir / "mosquitto.conf"
+    conf.write_text("\n".join(out) + "\n")
+    return conf
+
+
+@dataclass
+class Mosquitto:
+    """A local Mosquitto process with the project's config for `role`; restartable on the same port."""
+
+    role: Role
+    workdir: Path
+    users: dict[str, str]
+    port: int = 0
+    tls_port: int | None = None
+    certs_dir: Path | None = None
+    host: str = "127.0.0.1"
+    _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if not self.port:
+            self.port = free_port()
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    def url_for(self, user: str) -> str:
+        return f"mqtt://{user}:{self.users[user]}@{self.host}:{self.port}"
+
+    def add_users(self, users: Mapping[str, str]) -> None:
+        """Add credentials; a running broker reloads its password file (SIGHUP)."""
+        self.users.update(users)
+        write_password_file(self.workdir / "passwd", self.users)
+        if self.running:
+            assert self._proc is not None
+            self._proc.send_signal(signal.SIGHUP)
+            time.sleep(0.2)
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def start(self, timeout: float = 10.0) -> None:
+        conf = render_config(self.role, workdir=self.workdir, port=self.port, tls_port=self.tls_port,
+                             certs_dir=self.certs_dir)
+        write_password_file(self.workdir / "passwd", self.users)
+        self._proc = subprocess.Popen(
+            [mosquitto_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                err = self._proc.stderr.read().decode() if self._proc.stderr else ""
+                log = (self.workdir / "mosquitto.log")
+                tail = log.read_text()[-2000:] if log.exists() else ""
+                raise BrokerError(f"mosquitto ({self.role}) exited at start: {err}{tail}")
+            with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), timeout=0.2):
+                return
+            time.sleep(0.02)
+        self.stop()
+        raise BrokerError(f"mosquitto ({self.role}) did not listen on port {self.port} within {timeout}s")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Graceful stop (SIGTERM): persistence is saved."""
+        if self._proc is None:
+            return
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        if self._proc.stderr:
+            self._proc.stderr.close()
+        self._proc = None
+
+    def kill(self) -> None:
+        """SIGKILL: what a power cut does to the broker."""
+        if self._proc is not None and self._proc.poll() is None:
+            os.killpg(self._proc.pid, signal.SIGKILL)
+            self._proc.wait()
+        self.stop()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def __enter__(self) -> Mosquitto:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+
+def generate_dev_certs(out: Path, *, hostname: str = "localhost", days: int = 825) -> Path:
+    """A dev CA and a server certificate for 127.0.0.1/localhost, with openssl. Returns `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    if not shutil.which("openssl"):
+        raise BrokerError("openssl is not installed: run `apt-get install openssl`")
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=out, check=True, capture_output=True)
+
+    if not (out / "ca.crt").exists():
+        run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+            "-days", str(days), "-subj", "/CN=GridTokenX dev CA")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+        "-subj", f"/CN={hostname}")
+    ext = out / "server.ext"
+    ext.write_text(f"subjectAltName=DNS:{hostname},IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "server.crt", "-days", str(days), "-extfile", "server.ext")
+    for name in ("ca.key", "server.key"):
+        (out / name).chmod(0o600)
+    return out
