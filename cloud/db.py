@@ -1,0 +1,85 @@
+"""PostgreSQL plumbing: connection pools and the numbered-SQL migration runner.
+
+Migrations are `migrations/NNN_name.sql`, applied in order, each in its own transaction, under a
+session advisory lock so that several processes starting at once apply each file exactly once.
+Applied files are recorded in `schema_migrations` with their checksum; a changed file is an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+_LOCK_KEY = 0x6774786D  # 'gtxm'
+
+
+class MigrationError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    found = []
+    for path in sorted(directory.glob("[0-9][0-9][0-9]_*.sql")):
+        found.append(Migration(int(path.name[:3]), path.stem, path.read_text()))
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise MigrationError(f"two migrations share a number in {directory}")
+    return found
+
+
+async def migrate(dsn: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
+    """Apply pending migrations; returns the names applied now (empty when up to date)."""
+    conn = await asyncpg.connect(dsn)
+    applied_now: list[str] = []
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
+        try:
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version INTEGER PRIMARY KEY, name TEXT NOT NULL, checksum TEXT NOT NULL,"
+                " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+            )
+            rows = await conn.fetch("SELECT version, name, checksum FROM schema_migrations")
+            done = {r["version"]: r for r in rows}
+            for m in discover(directory):
+                if m.version in done:
+                    if done[m.version]["checksum"] != m.checksum:
+                        raise MigrationError(
+                            f"migration {m.name} changed after it was applied; add a new migration instead")
+                    continue
+                async with conn.transaction():
+                    await conn.execute(m.sql)
+                    await conn.execute(
+                        "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                        m.version, m.name, m.checksum)
+                log.info("applied migration %s", m.name)
+                applied_now.append(m.name)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+    finally:
+        await conn.close()
+    return applied_now
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 4) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
+    assert pool is not None
+    return pool

@@ -1,0 +1,73 @@
+"""Cloud settings: YAML (`--config cloud.yaml`) < environment (the seed guide's names) < flags.
+
+Every default is the seed guide's (ratio 1.0, decimals 9, polling 60 s, batch 50, 100 kWh per
+reading, 7 days, 10 attempts, 5 minutes first retry). Sections may grow; keep names stable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from fractions import Fraction
+from pathlib import Path
+
+from gridtokenx.config import BrokerURL
+from protocol.units import parse_ratio
+
+
+@dataclass(frozen=True, slots=True)
+class TokenizationSettings:
+    kwh_to_token_ratio: str = field(default="1.0", metadata={"env": "TOKENIZATION_KWH_TO_TOKEN_RATIO"})
+    decimals: int = field(default=9, metadata={"env": "TOKENIZATION_DECIMALS"})
+    auto_mint_enabled: bool = field(default=True, metadata={"env": "TOKENIZATION_AUTO_MINT_ENABLED"})
+    polling_interval_secs: float = field(default=60.0, metadata={"env": "TOKENIZATION_POLLING_INTERVAL_SECS"})
+    batch_size: int = field(default=50, metadata={"env": "TOKENIZATION_BATCH_SIZE"})
+    max_reading_kwh: str = field(default="100.0", metadata={"env": "TOKENIZATION_MAX_READING_KWH"})
+    reading_max_age_days: float = field(default=7.0, metadata={"env": "TOKENIZATION_READING_MAX_AGE_DAYS"})
+    clock_skew_secs: int = field(default=300, metadata={"env": "TOKENIZATION_CLOCK_SKEW_SECS"})
+    retry_enabled: bool = field(default=True, metadata={"env": "TOKENIZATION_RETRY_ENABLED"})
+    max_retry_attempts: int = field(default=10, metadata={"env": "TOKENIZATION_MAX_RETRY_ATTEMPTS"})
+    initial_retry_delay_minutes: float = field(
+        default=5.0, metadata={"env": "TOKENIZATION_INITIAL_RETRY_DELAY_MINUTES"})
+    max_retry_delay_minutes: float = field(
+        default=24 * 60.0, metadata={"env": "TOKENIZATION_MAX_RETRY_DELAY_MINUTES"})
+
+    @property
+    def ratio(self) -> Fraction:
+        return parse_ratio(self.kwh_to_token_ratio)
+
+    @property
+    def max_reading_wh(self) -> int:
+        """TOKENIZATION_MAX_READING_KWH in whole Wh (exact decimal arithmetic)."""
+        return int(Decimal(self.max_reading_kwh) * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class ChainSettings:
+    backend: str = field(default="embedded", metadata={"env": "GRIDTOKENX_CHAIN_BACKEND"})
+    """`embedded` (LiteSVM in this process) or `rpc` (solana-py AsyncClient)."""
+    rpc_url: str = field(default="http://127.0.0.1:8899", metadata={"env": "SOLANA_RPC_URL"})
+    ws_url: str = field(default="ws://127.0.0.1:8900", metadata={"env": "SOLANA_WS_URL"})
+    mint_address: str | None = field(default=None, metadata={"env": "GRIDTOKENX_MINT_ADDRESS"})
+    authority_keypair: Path | None = field(default=None, metadata={"env": "GRIDTOKENX_MINT_AUTHORITY_KEYPAIR"})
+    token_program: str = field(default="spl-token", metadata={"env": "GRIDTOKENX_TOKEN_PROGRAM"})
+    """`spl-token` or `token-2022`."""
+    state_dir: Path = field(default=Path(".gridtokenx/chain"), metadata={"env": "GRIDTOKENX_CHAIN_STATE_DIR"})
+
+
+@dataclass(frozen=True, slots=True)
+class CloudSettings:
+    database_url: str = field(default="postgresql://postgres@127.0.0.1:5432/gridtokenx",
+                              metadata={"env": "DATABASE_URL"})
+    broker_url: BrokerURL = field(default_factory=lambda: BrokerURL(username="cloud-consumer"),
+                                  metadata={"env": "GRIDTOKENX_CLOUD_BROKER_URL"})
+    broker_ca: Path | None = field(default=None, metadata={"env": "GRIDTOKENX_CLOUD_BROKER_CA"})
+    client_id: str = field(default="cloud-consumer-1", metadata={"env": "GRIDTOKENX_CLOUD_CLIENT_ID"})
+    host: str = field(default="0.0.0.0", metadata={"env": "HOST"})
+    port: int = field(default=8080, metadata={"env": "PORT"})
+    """HTTP port for /metrics and /healthz (the seed's server settings)."""
+    log_level: str = field(default="INFO", metadata={"env": "LOG_LEVEL"})
+    log_format: str = field(default="plain", metadata={"env": "LOG_FORMAT"})
+    log_file: Path | None = field(default=None, metadata={"env": "LOG_FILE"})
+    tokenization: TokenizationSettings = field(default_factory=TokenizationSettings)
+    chain: ChainSettings = field(default_factory=ChainSettings)
