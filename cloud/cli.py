@@ -6,9 +6,9 @@ reconcile, status. Each exposes COMMANDS, a list of click commands.
 
 from __future__ import annotations
 
-import importlib
-
 import click
+
+from gridtokenx._registry import attach
 
 
 @click.group(help="Cloud: migrations, meter registry, ingest consumer, minter, reconciliation and status.")
@@ -16,12 +16,4 @@ def cloud() -> None:
     pass
 
 
-for _module in ("cloud.ingest_cli", "cloud.mint_cli"):
-    try:
-        _mod = importlib.import_module(_module)
-    except ModuleNotFoundError as exc:
-        if exc.name != _module:
-            raise
-        continue
-    for _command in _mod.COMMANDS:
-        cloud.add_command(_command)
+attach(cloud, ("cloud.ingest_cli", "cloud.mint_cli"))

@@ -1,0 +1,17 @@
+"""`gridtokenx bench ...`. Stage benchmarks live in their packages' `bench.py` (COMMANDS lists)."""
+
+from __future__ import annotations
+
+import click
+
+from gridtokenx._registry import attach
+
+
+@click.group(help="Benchmarks. Each prints a human summary, or one JSON document with --json. "
+             "See BENCHMARKS.md for the figures on the reference machine.")
+def bench() -> None:
+    pass
+
+
+attach(bench, ("gridtokenx.bench.e2e", "protocol.bench", "simulator.bench", "edge.bench",
+               "cloud.ingest.bench", "cloud.minter.bench"))
