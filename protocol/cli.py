@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import IO
 
 import click
 
@@ -51,7 +52,7 @@ def generate_vectors(path: Path) -> None:
 
 @protocol_cli.command("decode")
 @click.argument("source", type=click.File("rb"), default="-")
-def decode(source: click.utils.LazyFile) -> None:
+def decode(source: IO[bytes]) -> None:
     """Decode one MQTT payload (file or stdin) and print the reading as JSON, or the reason it is bad."""
     payload = source.read()
     try:

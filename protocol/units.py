@@ -28,7 +28,8 @@ def entitled_base_units(total_wh: int, *, ratio: Fraction, decimals: int) -> int
     tokens = kWh × ratio, base units = tokens × 10^decimals, kWh = Wh / 1000. Minting is cumulative
     (entitled(total) − already minted), so the rounded-down remainder carries to the next mint.
     """
-    return (total_wh * ratio.numerator * 10**decimals) // (1000 * ratio.denominator)
+    numerator: int = total_wh * ratio.numerator * 10**decimals
+    return numerator // (1000 * ratio.denominator)
 
 
 def wh_to_kwh_text(wh: int) -> str:

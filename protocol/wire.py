@@ -118,7 +118,7 @@ def _parse_v1_body(body: bytes) -> Reading:
         reading = _decode_reading(body)
     except msgspec.ValidationError as exc:
         raise ProtocolError(Reason.MALFORMED, f"reading fields: {exc}") from exc
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ProtocolError(Reason.MALFORMED, f"reading JSON: {exc}") from exc
     check_structure(reading)
     if reading.export_register_wh is None:
