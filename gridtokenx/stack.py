@@ -1,0 +1,315 @@
+"""The whole pipeline as local processes: brokers, database, keys, cloud, edge, simulator, localnet.
+
+One piece of orchestration for `gridtokenx demo`, `gridtokenx bench e2e` and the chaos suite. Every
+component runs as a real subprocess through its public CLI (the contract in docs/INTERFACES.md), so
+what is shown or measured is what an operator deploys. Everything started here is stopped by `close`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from gridtokenx.brokers import Mosquitto, free_port
+
+GATEWAY_ID = "gw-1"
+DEFAULT_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def _dsn_with_db(dsn: str, database: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
+
+
+def gridtokenx_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "gridtokenx", *args]
+
+
+@dataclass
+class Proc:
+    """One component process, restartable with the same command, environment and port."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    metrics_port: int | None = None
+    popen: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        try:
+            self.popen = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                          stdin=subprocess.DEVNULL, start_new_session=True)
+        finally:
+            log.close()
+        self.starts += 1
+
+    @property
+    def running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.popen.pid if self.popen else None
+
+    def kill9(self) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait()
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM (drain), then SIGKILL after `timeout`. Returns the exit code."""
+        if self.popen is None:
+            return None
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+        return self.popen.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        assert self.popen is not None
+        return self.popen.wait(timeout)
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def metrics(self, timeout: float = 2.0) -> dict[str, float]:
+        """Scrape /metrics: {'name{label="v"}': value}, plus the unlabelled sum under 'name'."""
+        if self.metrics_port is None:
+            return {}
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=timeout) as r:
+                text = r.read().decode()
+        except OSError:
+            return {}
+        return parse_metrics(text)
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            key = f"{sample.name}{{{labels}}}" if labels else sample.name
+            out[key] = sample.value
+            if labels:
+                out[sample.name] = out.get(sample.name, 0.0) + sample.value
+    return out
+
+
+@dataclass
+class StackOptions:
+    meters: int = 50
+    workdir: Path = Path(".gridtokenx/run")
+    admin_dsn: str = field(default_factory=lambda: os.environ.get("DATABASE_URL", DEFAULT_ADMIN_DSN))
+    chain: str = "embedded"  # or "localnet"
+    localnet_flags: Sequence[str] = ()
+    cloud_env: Mapping[str, str] = field(default_factory=dict)
+    edge_flags: Sequence[str] = ()
+    keep_database: bool = False
+
+
+class Stack:
+    """Set up and run the pipeline. Use as a context manager; `close` stops everything."""
+
+    def __init__(self, options: StackOptions) -> None:
+        self.options = options
+        self.workdir = options.workdir.resolve()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "logs").mkdir(exist_ok=True)
+        self.keys_dir = self.workdir / "keys"
+        self.database = f"gridtokenx_{uuid.uuid4().hex[:10]}"
+        self.database_url = _dsn_with_db(options.admin_dsn, self.database)
+        self.procs: dict[str, Proc] = {}
+        self.edge_broker: Mosquitto | None = None
+        self.cloud_broker: Mosquitto | None = None
+        self._db_created = False
+        self.base_env = {k: v for k, v in os.environ.items() if not k.startswith(("TOKENIZATION_", "GRIDTOKENX_"))}
+        self.base_env["DATABASE_URL"] = self.database_url
+        self.base_env["PYTHONUNBUFFERED"] = "1"
+        self.secrets = {"edge-agent": secrets.token_urlsafe(12), "edge-inspector": secrets.token_urlsafe(12),
+                        "cloud-consumer": secrets.token_urlsafe(12), GATEWAY_ID: secrets.token_urlsafe(12)}
+
+    # -- set-up -------------------------------------------------------------------------------------------
+    def run_cli(self, *args: str, env: Mapping[str, str] | None = None, timeout: float = 300) -> str:
+        result = subprocess.run(gridtokenx_cmd(*args), env={**self.base_env, **(env or {})}, capture_output=True,
+                                text=True, timeout=timeout, check=False)
+        if result.returncode != 0:
+            raise StackError(f"`gridtokenx {' '.join(args)}` failed ({result.returncode}): "
+                             f"{(result.stderr or result.stdout)[-2000:]}")
+        return result.stdout
+
+    def setup(self) -> None:
+        asyncio.run(self._create_database())
+        self._db_created = True
+        if not (self.keys_dir / "meters.csv").exists():
+            self.run_cli("sim", "keygen", "--meters", str(self.options.meters), "--out", str(self.keys_dir))
+        meter_users = self.meter_credentials()
+        self.edge_broker = Mosquitto("edge", self.workdir / "edge-broker",
+                                     users={**meter_users, "edge-agent": self.secrets["edge-agent"],
+                                            "edge-inspector": self.secrets["edge-inspector"]})
+        self.cloud_broker = Mosquitto("cloud", self.workdir / "cloud-broker",
+                                      users={"cloud-consumer": self.secrets["cloud-consumer"],
+                                             GATEWAY_ID: self.secrets[GATEWAY_ID]})
+        self.edge_broker.start()
+        self.cloud_broker.start()
+        self.run_cli("cloud", "migrate")
+        self.run_cli("cloud", "meters", "import", str(self.keys_dir / "meters.csv"))
+
+    def meter_credentials(self) -> dict[str, str]:
+        users: dict[str, str] = {}
+        for path in sorted(self.keys_dir.glob("*.key")):
+            doc = json.loads(path.read_text())
+            users[doc["meter_id"]] = doc["mqtt_password"]
+        if not users:
+            raise StackError(f"no meter key files in {self.keys_dir}")
+        return users
+
+    async def _create_database(self) -> None:
+        import asyncpg
+
+        try:
+            conn = await asyncpg.connect(self.options.admin_dsn, timeout=10)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise StackError(f"PostgreSQL is not reachable at {self.options.admin_dsn} ({exc}); start it or set "
+                             "DATABASE_URL (./scripts/setup does both)") from exc
+        try:
+            await conn.execute(f'CREATE DATABASE "{self.database}"')
+        finally:
+            await conn.close()
+
+    async def _drop_database(self) -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(self.options.admin_dsn, timeout=10)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    # -- components ---------------------------------------------------------------------------------------
+    def _proc(self, name: str, argv: list[str], env: Mapping[str, str], metrics_port: int | None) -> Proc:
+        proc = Proc(name, argv, {**self.base_env, **env}, self.workdir / "logs" / f"{name}.log", metrics_port)
+        self.procs[name] = proc
+        proc.start()
+        return proc
+
+    def cloud_url(self, user: str) -> str:
+        assert self.cloud_broker is not None
+        return f"mqtt://{user}:{self.cloud_broker.users[user]}@127.0.0.1:{self.cloud_broker.port}"
+
+    def edge_url(self, user: str) -> str:
+        assert self.edge_broker is not None
+        return f"mqtt://{user}:{self.edge_broker.users[user]}@127.0.0.1:{self.edge_broker.port}"
+
+    def start_localnet(self) -> Proc:
+        port = free_port()
+        proc = self._proc("localnet", gridtokenx_cmd("localnet", "--port", str(port),
+                                                     "--state-dir", str(self.workdir / "localnet"),
+                                                     *self.options.localnet_flags), {}, None)
+        self.localnet_url = f"http://127.0.0.1:{port}"
+        _wait_port(port, proc)
+        return proc
+
+    def cloud_env(self) -> dict[str, str]:
+        env = {
+            "GRIDTOKENX_CLOUD_BROKER_URL": self.cloud_url("cloud-consumer"),
+            "GRIDTOKENX_CHAIN_STATE_DIR": str(self.workdir / "chain"),
+            "TOKENIZATION_POLLING_INTERVAL_SECS": "1",
+            "LOG_FORMAT": "plain",
+        }
+        if self.options.chain == "localnet":
+            env |= {"GRIDTOKENX_CHAIN_BACKEND": "rpc", "SOLANA_RPC_URL": self.localnet_url}
+        else:
+            env["GRIDTOKENX_CHAIN_BACKEND"] = "embedded"
+        return env | dict(self.options.cloud_env)
+
+    def start_cloud(self, name: str = "cloud", role: str = "all") -> Proc:
+        port = free_port()
+        env = self.cloud_env() | {"GRIDTOKENX_CLOUD_CLIENT_ID": f"{name}-{uuid.uuid4().hex[:6]}"}
+        proc = self._proc(name, gridtokenx_cmd("cloud", "run", "--role", role, "--port", str(port)), env, port)
+        _wait_port(port, proc)
+        return proc
+
+    def start_edge(self, name: str = "edge") -> Proc:
+        port = free_port()
+        argv = gridtokenx_cmd("edge", "run", "--edge-broker-url", self.edge_url("edge-agent"),
+                              "--cloud-broker-url", self.cloud_url(GATEWAY_ID), "--gateway-id", GATEWAY_ID,
+                              "--buffer", str(self.workdir / "edge-buffer.sqlite"), "--metrics-port", str(port),
+                              *self.options.edge_flags)
+        proc = self._proc(name, argv, {}, port)
+        _wait_port(port, proc)
+        return proc
+
+    def start_sim(self, *flags: str, name: str = "sim") -> Proc:
+        port = free_port()
+        assert self.edge_broker is not None
+        argv = gridtokenx_cmd("sim", "run", "--keys", str(self.keys_dir), "--broker-url",
+                              f"mqtt://127.0.0.1:{self.edge_broker.port}", "--metrics-port", str(port),
+                              "--report", str(self.workdir / f"{name}-report.json"), "--json", *flags)
+        return self._proc(name, argv, {}, port)
+
+    def sim_report(self, name: str = "sim") -> dict[str, Any]:
+        path = self.workdir / f"{name}-report.json"
+        return dict(json.loads(path.read_text())) if path.exists() else {}
+
+    # -- shutdown -----------------------------------------------------------------------------------------
+    def close(self) -> None:
+        for proc in reversed(list(self.procs.values())):
+            proc.stop(timeout=15)
+        for broker in (self.edge_broker, self.cloud_broker):
+            if broker is not None:
+                broker.stop()
+        if self._db_created and not self.options.keep_database:
+            with contextlib.suppress(Exception):
+                asyncio.run(self._drop_database())
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def _wait_port(port: int, proc: Proc, timeout: float = 60.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.running:
+            raise StackError(f"{proc.name} exited at start (code {proc.popen.returncode if proc.popen else '?'}):\n"
+                             f"{proc.log_tail()}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise StackError(f"{proc.name} did not open port {port} within {timeout}s:\n{proc.log_tail()}")
