@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import ipaddress
 import os
 import secrets
 import shutil
@@ -18,7 +19,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -41,7 +42,14 @@ def hash_password(password: str, *, salt: bytes | None = None) -> str:
 
 def write_password_file(path: Path, users: Mapping[str, str]) -> None:
     lines = [f"{user}:{hash_password(pw)}\n" for user, pw in users.items()]
-    path.write_text("".join(lines))
+    _write_private(path, "".join(lines))
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Mode 0600 from creation: a password file is never readable by others, not even briefly."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
     path.chmod(0o600)
 
 
@@ -117,6 +125,9 @@ class Mosquitto:
     tls_port: int | None = None
     certs_dir: Path | None = None
     host: str = "127.0.0.1"
+    password_file: Path | None = None
+    """A password file to use as is (e.g. from `gridtokenx broker credentials`); `users` then only
+    needs the users a caller wants URLs for, and users missing from the file are appended."""
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -134,11 +145,21 @@ class Mosquitto:
     def add_users(self, users: Mapping[str, str]) -> None:
         """Add credentials; a running broker reloads its password file (SIGHUP)."""
         self.users.update(users)
-        write_password_file(self.workdir / "passwd", self.users)
+        self._write_passwd()
         if self.running:
             assert self._proc is not None
             self._proc.send_signal(signal.SIGHUP)
             time.sleep(0.2)
+
+    def _write_passwd(self) -> None:
+        target = self.workdir / "passwd"
+        if self.password_file is None:
+            write_password_file(target, self.users)
+            return
+        given = self.password_file.read_text()
+        present = {line.split(":", 1)[0] for line in given.splitlines() if ":" in line}
+        extra = "".join(f"{u}:{hash_password(pw)}\n" for u, pw in self.users.items() if u not in present)
+        _write_private(target, given + ("" if given.endswith("\n") or not given else "\n") + extra)
 
     @property
     def running(self) -> bool:
@@ -151,7 +172,7 @@ class Mosquitto:
     def start(self, timeout: float = 10.0) -> None:
         conf = render_config(self.role, workdir=self.workdir, port=self.port, tls_port=self.tls_port,
                              certs_dir=self.certs_dir)
-        write_password_file(self.workdir / "passwd", self.users)
+        self._write_passwd()
         self._proc = subprocess.Popen(
             [mosquitto_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             start_new_session=True,
@@ -203,8 +224,11 @@ class Mosquitto:
         self.stop()
 
 
-def generate_dev_certs(out: Path, *, hostname: str = "localhost", days: int = 825) -> Path:
-    """A dev CA and a server certificate for 127.0.0.1/localhost, with openssl. Returns `out`."""
+def generate_dev_certs(out: Path, *, hostname: str = "localhost", days: int = 825,
+                       alt_names: Sequence[str] = ()) -> Path:
+    """A dev CA and a server certificate for `hostname`, 127.0.0.1 and `alt_names` (DNS names or IP
+    addresses, e.g. the compose service names), with openssl. An existing CA is reused, so clients
+    that already trust it keep working. Returns `out`."""
     out.mkdir(parents=True, exist_ok=True)
     if not shutil.which("openssl"):
         raise BrokerError("openssl is not installed: run `apt-get install openssl`")
@@ -218,9 +242,22 @@ def generate_dev_certs(out: Path, *, hostname: str = "localhost", days: int = 82
     run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
         "-subj", f"/CN={hostname}")
     ext = out / "server.ext"
-    ext.write_text(f"subjectAltName=DNS:{hostname},IP:127.0.0.1\n")
+    sans = [f"DNS:{hostname}", "IP:127.0.0.1"]
+    for name in alt_names:
+        kind = "IP" if _is_ip(name) else "DNS"
+        if f"{kind}:{name}" not in sans:
+            sans.append(f"{kind}:{name}")
+    ext.write_text(f"subjectAltName={','.join(sans)}\n")
     run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
         "-out", "server.crt", "-days", str(days), "-extfile", "server.ext")
     for name in ("ca.key", "server.key"):
         (out / name).chmod(0o600)
     return out
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
