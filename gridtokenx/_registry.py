@@ -13,7 +13,7 @@ def attach(group: click.Group, modules: tuple[str, ...]) -> None:
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:
-            if exc.name != module:
+            if not exc.name or not (module == exc.name or module.startswith(exc.name + ".")):
                 raise
             continue
         for command in mod.COMMANDS:

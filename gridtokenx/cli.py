@@ -33,7 +33,9 @@ class LazyGroup(click.Group):
         module, attr, _ = _GROUPS[name]
         try:
             command = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError):
+        except ModuleNotFoundError as exc:
+            if not exc.name or not (module == exc.name or module.startswith(exc.name + ".")):
+                raise
             return _missing(name)
         assert isinstance(command, click.Command)
         return command

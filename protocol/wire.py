@@ -10,12 +10,12 @@ object with the `Reading` fields. Legacy message: the GridTokenX gateway string 
 
 from __future__ import annotations
 
-import base58
 import msgspec
 from nacl import bindings
 from nacl.exceptions import BadSignatureError
 
 from protocol import legacy
+from protocol.b58 import b58decode, b58encode
 from protocol.errors import ProtocolError
 from protocol.reading import MAX_INT, METER_ID_RE, Reading, SignedReading
 from protocol.reasons import Reason
@@ -38,7 +38,7 @@ def encode_v1_message(reading: Reading) -> bytes:
 
 def frame(message: bytes, signature: bytes) -> bytes:
     """Join a signed message and its signature into the MQTT payload."""
-    return message + b"\n" + base58.b58encode(signature)
+    return message + b"\n" + b58encode(signature)
 
 
 def sign(message: bytes, secret_key: bytes) -> bytes:
@@ -105,7 +105,7 @@ def _decode_signature(text: bytes) -> bytes:
     if len(text) > 100:
         raise ProtocolError(Reason.MALFORMED, "the signature line is too long for base58 of 64 bytes")
     try:
-        signature = base58.b58decode(text)
+        signature = b58decode(text)
     except ValueError as exc:
         raise ProtocolError(Reason.MALFORMED, "the signature is not base58") from exc
     if len(signature) != SIGNATURE_BYTES:

@@ -13,5 +13,5 @@ def bench() -> None:
     pass
 
 
-attach(bench, ("gridtokenx.bench.e2e", "protocol.bench", "simulator.bench", "edge.bench",
+attach(bench, ("gridtokenx.bench.e2e", "gridtokenx.bench.verify", "simulator.bench", "edge.bench",
                "cloud.ingest.bench", "cloud.minter.bench"))
