@@ -1,0 +1,89 @@
+"""`meters.csv` (written by `gridtokenx sim keygen`): parse and check rows, pure.
+
+Header: meter_id,public_key,wallet_address,meter_type,capacity_w. A bad row becomes a
+`RowError` with its line number (1 = the header), never an exception.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+
+import base58
+
+from protocol.reading import METER_ID_RE
+
+COLUMNS = ("meter_id", "public_key", "wallet_address", "meter_type", "capacity_w")
+
+
+@dataclass(frozen=True, slots=True)
+class MeterRow:
+    meter_id: str
+    public_key: str
+    wallet_address: str
+    meter_type: str
+    capacity_w: int
+
+
+@dataclass(frozen=True, slots=True)
+class RowError:
+    line: int
+    message: str
+
+
+def check_base58_32(text: str, what: str) -> str | None:
+    """None when `text` is base58 of exactly 32 bytes, else a sentence saying what is wrong."""
+    try:
+        raw = base58.b58decode(text.encode())
+    except ValueError:
+        return f"{what} {text[:60]!r} is not base58"
+    if len(raw) != 32:
+        return f"{what} decodes to {len(raw)} bytes, not 32"
+    return None
+
+
+def check_row(meter_id: str, public_key: str, wallet_address: str, meter_type: str,
+              capacity_w: str | int) -> MeterRow | str:
+    """A checked row, or the sentence that says why it is not one."""
+    if not METER_ID_RE.match(meter_id):
+        return f"meter_id {meter_id[:70]!r} is not valid (letters, digits, '.', '_', '-'; at most 64)"
+    for text, what in ((public_key, "public_key"), (wallet_address, "wallet_address")):
+        problem = check_base58_32(text, what)
+        if problem:
+            return problem
+    if not meter_type:
+        return "meter_type is empty"
+    try:
+        capacity = int(capacity_w)
+    except ValueError:
+        return f"capacity_w {capacity_w!r} is not an integer number of watts"
+    if capacity < 0:
+        return f"capacity_w {capacity} is negative"
+    return MeterRow(meter_id, public_key, wallet_address, meter_type, capacity)
+
+
+def parse(text: str) -> tuple[list[MeterRow], list[RowError]]:
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None)
+    if header is None or tuple(h.strip() for h in header) != COLUMNS:
+        return [], [RowError(1, f"the header must be {','.join(COLUMNS)}")]
+    rows: list[MeterRow] = []
+    errors: list[RowError] = []
+    seen: dict[str, int] = {}
+    for line, fields in enumerate(reader, start=2):
+        if not fields or all(not f.strip() for f in fields):
+            continue
+        if len(fields) != len(COLUMNS):
+            errors.append(RowError(line, f"expected {len(COLUMNS)} fields, found {len(fields)}"))
+            continue
+        checked = check_row(*(f.strip() for f in fields))
+        if isinstance(checked, str):
+            errors.append(RowError(line, checked))
+        elif checked.meter_id in seen:
+            errors.append(RowError(line, f"meter_id {checked.meter_id!r} already appears on line "
+                                         f"{seen[checked.meter_id]}"))
+        else:
+            seen[checked.meter_id] = line
+            rows.append(checked)
+    return rows, errors

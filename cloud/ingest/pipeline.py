@@ -1,0 +1,197 @@
+"""The decision for one batch, as a pure function: which items are accepted, duplicate or rejected.
+
+Order of checks for each item (the first failing one decides):
+
+1. parse (`protocol.wire.parse_payload`) → malformed / oversized; parsed key ≠ the edge's claim → malformed.
+2. same bytes as a reading already stored (Postgres or earlier in this batch) → duplicate. Checked
+   before the registry so that a batch re-sent after a crash is recognised even if the meter was
+   quarantined since.
+3. registry: unknown meter → unknown_meter; status not active → suspended_meter.
+4. signature against a key valid for the reading → bad_signature (never skipped).
+5. same key, different signed bytes → equivocation; the meter is quarantined. Only *signed*
+   conflicting bytes count, so nobody but the meter's key holder can get a meter quarantined.
+6. validation rules (`rules.check_reading`), with register neighbours from Postgres and this batch.
+
+The I/O around it (`store`) supplies the `StoredContext` of each key and persists the `Plan`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from cloud.ingest.registry import MeterRecord
+from cloud.ingest.rules import Limits, RegisterPoint, check_reading
+from protocol.envelopes import AckItem, Batch, BatchItem
+from protocol.errors import ProtocolError
+from protocol.reading import SignedReading
+from protocol.reasons import Reason
+from protocol.wire import parse_payload
+
+Key = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    index: int
+    item: BatchItem
+    signed: SignedReading | None
+    reason: Reason | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredContext:
+    """What Postgres holds around one key: the reading at that key and its register neighbours."""
+
+    payload: bytes | None = None
+    prev: RegisterPoint | None = None
+    next_: RegisterPoint | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptedRow:
+    index: int
+    signed: SignedReading
+    wallet_address: str
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedRow:
+    index: int
+    meter_id: str
+    seq: int
+    reason: Reason
+    detail: str
+    payload: bytes
+
+    @property
+    def payload_sha256(self) -> bytes:
+        return hashlib.sha256(self.payload).digest()
+
+
+@dataclass(slots=True)
+class Plan:
+    batch: Batch
+    accepted: list[AcceptedRow] = field(default_factory=list)
+    rejected: list[RejectedRow] = field(default_factory=list)
+    duplicates: list[int] = field(default_factory=list)
+    quarantine: dict[str, str] = field(default_factory=dict)
+    """meter_id → status_reason, for meters caught equivocating in this batch."""
+
+    def reject(self, parsed: Parsed, meter_id: str, seq: int, reason: Reason, detail: str) -> None:
+        self.rejected.append(RejectedRow(parsed.index, meter_id, seq, reason, detail, parsed.item.payload))
+
+    def results(self) -> list[AckItem]:
+        """One ack result per batch item, in item order, addressed by the edge's claim."""
+        status: dict[int, AckItem] = {}
+        items = self.batch.items
+        for row in self.accepted:
+            item = items[row.index]
+            status[row.index] = AckItem(item.meter_id, item.seq, "accepted")
+        for index in self.duplicates:
+            item = items[index]
+            status[index] = AckItem(item.meter_id, item.seq, "duplicate")
+        for rej in self.rejected:
+            item = items[rej.index]
+            status[rej.index] = AckItem(item.meter_id, item.seq, "rejected", rej.reason)
+        return [status[i] for i in range(len(items))]
+
+
+def parse_items(batch: Batch) -> list[Parsed]:
+    out: list[Parsed] = []
+    for index, item in enumerate(batch.items):
+        try:
+            signed = parse_payload(item.payload)
+        except ProtocolError as exc:
+            out.append(Parsed(index, item, None, exc.reason, exc.detail))
+            continue
+        if signed.key != (item.meter_id, item.seq):
+            out.append(Parsed(index, item, None, Reason.MALFORMED,
+                              f"the edge claimed {(item.meter_id, item.seq)} but the payload is {signed.key}"))
+            continue
+        out.append(Parsed(index, item, signed))
+    return out
+
+
+def classify(batch: Batch, parsed: list[Parsed], context: Mapping[Key, StoredContext],
+             meter: Callable[[str], MeterRecord | None], *, limits: Limits, now: int) -> Plan:
+    plan = Plan(batch)
+    valid: list[tuple[Key, int, Parsed, SignedReading]] = []
+    for p in parsed:
+        if p.signed is None:
+            assert p.reason is not None
+            plan.reject(p, p.item.meter_id, p.item.seq, p.reason, p.detail)
+        else:
+            valid.append((p.signed.key, p.index, p, p.signed))
+    # Ascending seq per meter, so a batch-local predecessor is always decided before its successor.
+    valid.sort(key=lambda v: (v[0], v[1]))
+    local_payload: dict[Key, bytes] = {}
+    local_last: dict[str, RegisterPoint] = {}
+    for key, _, p, signed in valid:
+        meter_id, seq = key
+        ctx = context.get(key) or StoredContext()
+        earlier = ctx.payload if ctx.payload is not None else local_payload.get(key)
+        if earlier is not None and earlier == signed.payload:
+            plan.duplicates.append(p.index)
+            continue
+        record = meter(meter_id)
+        if record is None:
+            plan.reject(p, meter_id, seq, Reason.UNKNOWN_METER, f"meter {meter_id!r} is not in the registry")
+            continue
+        if not record.active or meter_id in plan.quarantine:
+            status = "quarantined" if meter_id in plan.quarantine else record.status
+            plan.reject(p, meter_id, seq, Reason.SUSPENDED_METER, f"meter {meter_id!r} is {status}")
+            continue
+        if not record.verifies(signed.reading, signed.message, signed.signature):
+            plan.reject(p, meter_id, seq, Reason.BAD_SIGNATURE,
+                        f"signature does not verify with the registered key of {meter_id!r}")
+            continue
+        if earlier is not None:
+            detail = equivocation_detail(meter_id, seq, batch.batch_id)
+            plan.reject(p, meter_id, seq, Reason.EQUIVOCATION, detail)
+            plan.quarantine[meter_id] = detail
+            continue
+        prev = _later(ctx.prev, local_last.get(meter_id))
+        reading = signed.reading
+        violation = check_reading(reading, capacity_w=record.capacity_w, limits=limits, now=now,
+                                  prev=prev, next_=ctx.next_)
+        if violation is not None:
+            plan.reject(p, meter_id, seq, violation.reason, violation.detail)
+            continue
+        plan.accepted.append(AcceptedRow(p.index, signed, record.wallet_address))
+        local_payload[key] = signed.payload
+        local_last[meter_id] = RegisterPoint(seq, reading.export_wh, reading.export_register_wh)
+    return plan
+
+
+def resolve_conflicts(plan: Plan, inserted: set[Key], stored: Mapping[Key, bytes]) -> None:
+    """Accepted rows that another consumer stored first (INSERT … ON CONFLICT skipped them):
+    identical bytes become duplicates, different bytes become equivocation evidence."""
+    still: list[AcceptedRow] = []
+    for row in plan.accepted:
+        key = row.signed.key
+        if key in inserted:
+            still.append(row)
+        elif stored.get(key) == row.signed.payload:
+            plan.duplicates.append(row.index)
+        else:
+            detail = equivocation_detail(key[0], key[1], plan.batch.batch_id)
+            plan.rejected.append(RejectedRow(row.index, key[0], key[1], Reason.EQUIVOCATION, detail,
+                                             row.signed.payload))
+            plan.quarantine[key[0]] = detail
+    plan.accepted = still
+
+
+def equivocation_detail(meter_id: str, seq: int, batch_id: str) -> str:
+    return (f"equivocation: meter {meter_id!r} signed different bytes for seq {seq} "
+            f"than the stored reading (batch {batch_id})")
+
+
+def _later(a: RegisterPoint | None, b: RegisterPoint | None) -> RegisterPoint | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a if a.seq > b.seq else b

@@ -1,0 +1,286 @@
+"""`gridtokenx cloud migrate | meters ... | run`: the ingest side's commands (COMMANDS below)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+import click
+from prometheus_client import REGISTRY
+
+from cloud import db
+from cloud.ingest import admin, meters_csv
+from cloud.ingest.consumer import IngestConsumer
+from cloud.ingest.metrics import IngestMetrics
+from cloud.settings import CloudSettings
+from gridtokenx import logs
+from gridtokenx.config import ConfigError, load
+from gridtokenx.observability import ObservabilityServer
+
+T = TypeVar("T")
+log = logging.getLogger("cloud.ingest")
+
+_config = click.option("--config", "config", type=click.Path(path_type=Path, dir_okay=False),
+                       help="YAML settings file (environment variables and flags override it).")
+_dsn = click.option("--database-url", help="PostgreSQL DSN [env DATABASE_URL].")
+_json = click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of text.")
+
+
+def _settings(config: Path | None, **overrides: Any) -> CloudSettings:
+    try:
+        return load(CloudSettings, config, overrides=overrides)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _run(coro: Coroutine[Any, Any, T], dsn: str) -> T:
+    """Run `coro`, turning database trouble into one sentence with the fix."""
+    try:
+        return asyncio.run(coro)
+    except asyncpg.UndefinedTableError as exc:
+        raise click.ClickException(f"the database is not migrated ({exc}); run `gridtokenx cloud migrate`") from exc
+    except (OSError, asyncpg.InvalidCatalogNameError, asyncpg.InvalidAuthorizationSpecificationError) as exc:
+        raise click.ClickException(
+            f"cannot connect to PostgreSQL at {_redact(dsn)} ({exc}); start it or set DATABASE_URL") from exc
+    except (admin.AdminError, db.MigrationError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _redact(dsn: str) -> str:
+    head, sep, tail = dsn.rpartition("@")
+    if not sep:
+        return dsn
+    scheme, _, userinfo = head.partition("://")
+    return f"{scheme}://{userinfo.split(':')[0]}:***@{tail}" if ":" in userinfo else dsn
+
+
+async def _with_conn(dsn: str, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await work(conn)
+    finally:
+        await conn.close()
+
+
+@click.command(help="Apply pending SQL migrations (migrations/NNN_*.sql) under an advisory lock; idempotent.")
+@_config
+@_dsn
+@_json
+def migrate(config: Path | None, database_url: str | None, as_json: bool) -> None:
+    settings = _settings(config, database_url=database_url)
+    applied = _run(db.migrate(settings.database_url), settings.database_url)
+    if as_json:
+        click.echo(json.dumps({"applied": applied}))
+    elif applied:
+        click.echo(f"applied {len(applied)} migration(s): {', '.join(applied)}")
+    else:
+        click.echo("database is up to date")
+
+
+@click.group(help="The meter registry: import from meters.csv, add, list, suspend, revoke, reinstate, rotate keys.")
+def meters() -> None:
+    pass
+
+
+@meters.command("import", help="Upsert meters from a CSV with header "
+                "meter_id,public_key,wallet_address,meter_type,capacity_w (as `gridtokenx sim keygen` "
+                "writes it). Idempotent; bad rows are reported with their line numbers and skipped.")
+@click.argument("csv_path", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@_config
+@_dsn
+@_json
+def import_(csv_path: Path, config: Path | None, database_url: str | None, as_json: bool) -> None:
+    settings = _settings(config, database_url=database_url)
+    rows, errors = meters_csv.parse(csv_path.read_text())
+    result = _run(_with_conn(settings.database_url, lambda c: admin.upsert_meters(c, rows)), settings.database_url)
+    # Conflicts are reported against the CSV line of the row.
+    line_of = _csv_lines(csv_path.read_text())
+    problems = [(e.line, e.message) for e in errors] + [
+        (line_of.get(m, 0), f"meter {m!r}: {why}") for m, why in result.conflicts.items()]
+    problems.sort()
+    if as_json:
+        click.echo(json.dumps({"inserted": len(result.inserted), "updated": len(result.updated),
+                               "unchanged": len(result.unchanged),
+                               "errors": [{"line": n, "error": msg} for n, msg in problems]}))
+    else:
+        click.echo(f"{len(result.inserted)} added, {len(result.updated)} updated, "
+                   f"{len(result.unchanged)} unchanged, {len(problems)} bad row(s)")
+        for n, msg in problems:
+            click.echo(f"  line {n}: {msg}", err=True)
+    if problems:
+        sys.exit(1)
+
+
+def _csv_lines(text: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for n, line in enumerate(text.splitlines(), start=1):
+        out.setdefault(line.split(",", 1)[0].strip(), n)
+    return out
+
+
+@meters.command(help="Register one meter (or update its wallet, type and capacity).")
+@click.argument("meter_id")
+@click.option("--public-key", required=True, help="base58 Ed25519 public key.")
+@click.option("--wallet", "wallet_address", required=True, help="base58 Solana wallet that is minted to.")
+@click.option("--type", "meter_type", default="solar", show_default=True, help="solar, consumer, hybrid, battery …")
+@click.option("--capacity-w", type=int, required=True, help="Registered export capacity in watts.")
+@_config
+@_dsn
+def add(meter_id: str, public_key: str, wallet_address: str, meter_type: str, capacity_w: int,
+        config: Path | None, database_url: str | None) -> None:
+    settings = _settings(config, database_url=database_url)
+    row = meters_csv.check_row(meter_id, public_key, wallet_address, meter_type, capacity_w)
+    if isinstance(row, str):
+        raise click.ClickException(row)
+    result = _run(_with_conn(settings.database_url, lambda c: admin.upsert_meters(c, [row])), settings.database_url)
+    if result.conflicts:
+        raise click.ClickException(f"meter {meter_id!r}: {result.conflicts[meter_id]}")
+    click.echo(f"meter {meter_id} " + ("added" if result.inserted else "updated" if result.updated else "unchanged"))
+
+
+@meters.command("list", help="List registered meters.")
+@click.option("--status", type=click.Choice(["active", "suspended", "revoked", "quarantined"]),
+              help="Only meters with this status.")
+@_config
+@_dsn
+@_json
+def list_(status: str | None, config: Path | None, database_url: str | None, as_json: bool) -> None:
+    settings = _settings(config, database_url=database_url)
+    found = _run(_with_conn(settings.database_url, lambda c: admin.list_meters(c, status=status)),
+                 settings.database_url)
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(m) for m in found], default=str))
+        return
+    for m in found:
+        why = f"  ({m.status_reason})" if m.status_reason else ""
+        click.echo(f"{m.meter_id:<20} {m.status:<11} {m.meter_type:<9} {m.capacity_w:>8} W  "
+                   f"keys={m.keys}  wallet={m.wallet_address}{why}")
+    click.echo(f"{len(found)} meter(s)", err=True)
+
+
+def _status_command(name: str, status: admin.Status, help_text: str) -> click.Command:
+    @click.command(name, help=help_text)
+    @click.argument("meter_id")
+    @click.option("--reason", help="Why (kept in meters.status_reason).")
+    @_config
+    @_dsn
+    def command(meter_id: str, reason: str | None, config: Path | None, database_url: str | None) -> None:
+        settings = _settings(config, database_url=database_url)
+        _run(_with_conn(settings.database_url, lambda c: admin.set_status(c, meter_id, status, reason)),
+             settings.database_url)
+        click.echo(f"meter {meter_id} is now {status}")
+    return command
+
+
+meters.add_command(_status_command("suspend", "suspended", "Stop accepting readings of a meter (reversible)."))
+meters.add_command(_status_command("revoke", "revoked", "Permanently stop accepting readings of a meter."))
+meters.add_command(_status_command("reinstate", "active",
+                                   "Accept readings of a suspended or quarantined meter again."))
+
+
+@meters.command("rotate-key", help="Give a meter a new public key. The old key is kept in meter_keys "
+                "with valid_until = now, so readings whose interval ended before the rotation still verify.")
+@click.argument("meter_id")
+@click.argument("public_key")
+@_config
+@_dsn
+def rotate_key(meter_id: str, public_key: str, config: Path | None, database_url: str | None) -> None:
+    settings = _settings(config, database_url=database_url)
+    problem = meters_csv.check_base58_32(public_key, "public_key")
+    if problem:
+        raise click.ClickException(problem)
+    _run(_with_conn(settings.database_url, lambda c: admin.rotate_key(c, meter_id, public_key)),
+         settings.database_url)
+    click.echo(f"meter {meter_id} now verifies with {public_key}")
+
+
+@click.command(help="Run the cloud service: the ingest consumer (verify, validate, persist, ack) and/or "
+               "the minter. Serves /metrics and /healthz on --port; SIGTERM drains the batch in hand.")
+@click.option("--role", type=click.Choice(["ingest", "mint", "all"]), default="all", show_default=True)
+@_config
+@_dsn
+@click.option("--broker-url", help="Cloud broker, mqtt://cloud-consumer:PASS@host:port "
+              "[env GRIDTOKENX_CLOUD_BROKER_URL].")
+@click.option("--client-id", help="MQTT client id; distinct per consumer process "
+              "[env GRIDTOKENX_CLOUD_CLIENT_ID].")
+@click.option("--port", type=int, help="HTTP port for /metrics and /healthz; 0 = any free port [env PORT].")
+@click.option("--host", help="HTTP bind address [env HOST].")
+@click.option("--log-format", type=click.Choice(["plain", "json"]), help="[env LOG_FORMAT]")
+@click.option("--log-level", help="[env LOG_LEVEL]")
+@click.option("--migrate/--no-migrate", "run_migrations", default=True, show_default=True,
+              help="Apply pending migrations before starting.")
+def run(role: str, config: Path | None, database_url: str | None, broker_url: str | None,
+        client_id: str | None, port: int | None, host: str | None, log_format: str | None,
+        log_level: str | None, run_migrations: bool) -> None:
+    settings = _settings(config, database_url=database_url, broker_url=broker_url, client_id=client_id,
+                         port=port, host=host, log_format=log_format, log_level=log_level)
+    logs.setup(level=settings.log_level, json_format=settings.log_format == "json", log_file=settings.log_file,
+               component="cloud")
+    run_minter = _minter(role)
+    _run(_serve(settings, role, run_minter, run_migrations), settings.database_url)
+
+
+MinterFn = Callable[[CloudSettings, asyncio.Event], Awaitable[None]]
+
+
+def _minter(role: str) -> MinterFn | None:
+    if role == "ingest":
+        return None
+    try:
+        from cloud.minter.service import run_minter  # the minter engineer's module, loaded only if needed
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("cloud.minter", "cloud.minter.service"):
+            raise
+        raise click.ClickException(
+            f"--role {role} needs the minter (cloud/minter/service.py), which is not installed in this "
+            "build; run `gridtokenx cloud run --role ingest`") from exc
+    fn: MinterFn = run_minter
+    return fn
+
+
+async def _serve(settings: CloudSettings, role: str, run_minter: MinterFn | None, run_migrations: bool) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if run_migrations:
+        applied = await db.migrate(settings.database_url)
+        if applied:
+            log.info("applied migrations: %s", ", ".join(applied))
+    consumer = IngestConsumer(settings, metrics=IngestMetrics(REGISTRY)) if role in ("ingest", "all") else None
+    server = ObservabilityServer(
+        host=settings.host, port=settings.port,
+        health=consumer.health if consumer else (lambda: {"healthy": True, "component": "cloud-mint"}))
+    await server.start()
+    log.info("metrics and health on http://%s:%d (/metrics, /healthz); role %s", settings.host, server.port, role)
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            if consumer is not None:
+                tasks.create_task(_until_done(consumer.run(stop), stop))
+            if run_minter is not None:
+                tasks.create_task(_until_done(run_minter(settings, stop), stop))
+    finally:
+        await server.stop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("stopped cleanly")
+
+
+async def _until_done(work: Awaitable[None], stop: asyncio.Event) -> None:
+    """When one role ends (or fails), the others drain and stop too."""
+    try:
+        await work
+    finally:
+        stop.set()
+
+
+
+COMMANDS: list[click.Command] = [migrate, meters, run]
