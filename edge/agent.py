@@ -1,0 +1,127 @@
+"""The edge agent process: receiver → writer (SQLite) → forwarder, plus /metrics, /healthz and housekeeping.
+
+Shutdown (SIGTERM/SIGINT) drains in this order: stop taking messages; wait until every message
+already taken is committed and acked; disconnect from the edge broker; give batches in flight
+`drain_timeout_s` to be acked; close the buffer. Nothing is lost at any step: what was not
+acked stays with the edge broker, what was not cloud-acked stays in the buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from typing import Any
+
+from edge.buffer import Buffer, Quota
+from edge.forwarder import Forwarder
+from edge.metrics import EdgeMetrics
+from edge.receiver import Receiver
+from edge.screening import load_keys
+from edge.settings import EdgeSettings
+from edge.writer import Writer
+from gridtokenx.observability import ObservabilityServer
+
+log = logging.getLogger("edge.agent")
+
+HOUSEKEEPING_S = 1.0
+EXPIRE_EVERY_S = 10.0
+RESYNC_EVERY_S = 60.0
+
+
+async def run_agent(settings: EdgeSettings) -> int:
+    """Run until SIGTERM/SIGINT; returns the process exit code."""
+    keys = load_keys(settings.meter_keys) if settings.meter_keys else None
+    buffer = Buffer.open(settings.buffer, gateway_id=settings.gateway_id,
+                         quota=Quota(settings.max_rows, settings.max_bytes, settings.quota_policy),
+                         ttl_seconds=settings.ttl_seconds, synchronous=settings.synchronous)
+    metrics = EdgeMetrics()
+    metrics.watch_buffer(lambda: buffer.counts, lambda: buffer.oldest_pending_at)
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    failed: list[BaseException] = []
+
+    writer = Writer(buffer, metrics=metrics, keys=keys, commit_max=settings.commit_max,
+                    linger_s=settings.commit_linger_ms / 1000)
+    forwarder = Forwarder(settings, writer, metrics)
+    receiver = Receiver(settings.edge_url, client_id=settings.mqtt_client_id, sink=writer.submit,
+                        ca_file=str(settings.edge_broker_ca) if settings.edge_broker_ca else None,
+                        on_connection=lambda up: metrics.edge_connected.set(1 if up else 0))
+    writer.ack = receiver.ack
+    def stored() -> None:
+        loop.call_soon_threadsafe(forwarder.wake)
+
+    writer.on_stored = stored
+
+    def writer_failed(exc: BaseException) -> None:
+        failed.append(exc)
+        loop.call_soon_threadsafe(stopping.set)
+
+    writer.on_failure = writer_failed
+
+    def health() -> dict[str, Any]:
+        c = buffer.counts
+        return {"healthy": writer.alive and receiver.connected, "edge_connected": receiver.connected,
+                "cloud_connected": forwarder.connected, "writer_alive": writer.alive,
+                "pending": c.pending, "inflight": c.inflight, "rejected": c.rejected,
+                "batches_in_flight": forwarder.in_flight, "gateway_id": settings.gateway_id}
+
+    server = ObservabilityServer(host=settings.metrics_host, port=settings.metrics_port, health=health)
+    await server.start()
+    log.info("metrics on http://%s:%d/metrics (healthz on /healthz)", settings.metrics_host, server.port,
+             extra={"metrics_port": server.port})
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    log.info("edge agent %s: buffer %s (%d pending, %d rejected), quota %d rows / %d bytes (%s), "
+             "synchronous %s", settings.gateway_id, settings.buffer, buffer.counts.pending,
+             buffer.counts.rejected, settings.max_rows, settings.max_bytes, settings.quota_policy,
+             settings.synchronous.upper())
+    writer.start()
+    receiver.start()
+    try:
+        async with asyncio.TaskGroup() as tg:
+            forwarding = tg.create_task(forwarder.run())
+            chores = tg.create_task(_housekeeping(writer, stopping))
+            await stopping.wait()
+            log.info("stopping: draining received messages and batches in flight")
+            receiver.pause()
+            if not failed:
+                await writer.barrier()  # every message taken so far is committed and acked
+            receiver.stop()
+            forwarder.stop()
+            await forwarding
+            chores.cancel()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        receiver.stop()
+        writer.stop()
+        await server.stop()
+        with contextlib.suppress(Exception):
+            buffer.close()
+    if failed:
+        return 1
+    log.info("stopped cleanly")
+    return 0
+
+
+async def _housekeeping(writer: Writer, stopping: asyncio.Event) -> None:
+    """Oldest-pending age every second, TTL every 10 s, recount and batch-history pruning every minute."""
+    last_expire = last_resync = time.monotonic()
+    while not stopping.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), HOUSEKEEPING_S)
+        if stopping.is_set():
+            return
+        now = time.monotonic()
+        await writer.call(lambda b: b.refresh_oldest())
+        if now - last_expire >= EXPIRE_EVERY_S:
+            last_expire = now
+            drops = await writer.call(lambda b: b.expire(time.time()))
+            if drops:
+                writer.account_drops(drops)
+        if now - last_resync >= RESYNC_EVERY_S:
+            last_resync = now
+            await writer.call(lambda b: (b.resync(), b.prune_batches(time.time())))

@@ -1,0 +1,384 @@
+"""The SQLite buffer (edge/schema.sql): every state change of a reading between the meter and the cloud.
+
+Used from ONE thread only (the writer, `edge.writer`): SQLite allows one writer, and keeping every
+statement on one connection means no SQLITE_BUSY and no lock juggling. Each public method is one
+transaction. Row/byte counts of the forwarding backlog are kept in memory (quota checks on the hot
+path must not scan) and re-synced from the table now and then, since the inspector may
+requeue or purge rows behind our back.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge.screening import Accepted, Quarantined, Verdict
+from protocol.envelopes import AckItem
+from protocol.reasons import Reason
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+AGENT_VERSION = "0.1.0"
+#: How many oldest pending rows one TTL pass looks at; the rest wait for the next pass.
+EXPIRE_CHUNK = 5000
+BATCH_HISTORY_S = 7 * 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    max_rows: int
+    max_bytes: int
+    policy: str  # drop_oldest | reject_new
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    meter_id: str
+    seq: int
+    size: int
+    received_at: float
+    reason: Reason
+    detail: str
+
+
+@dataclass(slots=True)
+class IngestOutcome:
+    stored: int = 0
+    duplicates: int = 0
+    quarantined: Counter[str] = field(default_factory=Counter)
+    drops: list[Drop] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    id: int
+    meter_id: str
+    seq: int
+    payload: bytes
+
+
+@dataclass(slots=True)
+class AckOutcome:
+    deleted: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    requeued: int = 0
+
+
+@dataclass(slots=True)
+class Counts:
+    pending: int = 0
+    inflight: int = 0
+    rejected: int = 0
+    backlog_bytes: int = 0
+    """Bytes of pending + inflight rows: what the byte quota limits."""
+    rejected_bytes: int = 0
+
+
+def _schema_sql() -> str:
+    return (Path(__file__).resolve().parent / "schema.sql").read_text()
+
+
+class Buffer:
+    def __init__(self, conn: sqlite3.Connection, quota: Quota, ttl_seconds: float) -> None:
+        self._db = conn
+        self.quota = quota
+        self.ttl_seconds = ttl_seconds
+        self.counts = Counts()
+        self.oldest_pending_at: float | None = None
+
+    @classmethod
+    def open(cls, path: Path, *, gateway_id: str, quota: Quota, ttl_seconds: float = 0.0,
+             synchronous: str = "NORMAL") -> Buffer:
+        """Open (creating if needed) and recover: rows left in flight by a crash become pending again."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per method.
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        conn.execute("PRAGMA busy_timeout=5000")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version not in (0, SCHEMA_VERSION):
+            conn.close()
+            raise RuntimeError(f"buffer {path} has schema version {version}; this agent reads version "
+                               f"{SCHEMA_VERSION}: move it aside or upgrade the agent")
+        conn.executescript(_schema_sql())
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        buf = cls(conn, quota, ttl_seconds)
+        now = time.time()
+        with buf._tx():
+            conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('created_at', ?)", (str(now),))
+            for key, value in (("gateway_id", gateway_id), ("agent_version", AGENT_VERSION),
+                               ("quota_max_rows", str(quota.max_rows)), ("quota_max_bytes", str(quota.max_bytes)),
+                               ("quota_policy", quota.policy), ("ttl_seconds", str(ttl_seconds)),
+                               ("synchronous", synchronous.upper()), ("started_at", str(now))):
+                conn.execute("INSERT INTO meta(key, value) VALUES (?, ?) "
+                             "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+            requeued = conn.execute("UPDATE readings SET state = 'pending' WHERE state = 'inflight'").rowcount
+        if requeued:
+            log.info("recovered %d readings left in flight by the previous run; they will be re-sent", requeued)
+        buf.resync()
+        return buf
+
+    def close(self) -> None:
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            self._db.close()
+
+    # -- transactions -------------------------------------------------------------------------
+
+    def _tx(self) -> _Tx:
+        return _Tx(self._db)
+
+    def _bump(self, values: dict[str, int]) -> None:
+        self._db.executemany(
+            "INSERT INTO counters(name, value) VALUES (?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+            [(k, v) for k, v in values.items() if v])
+
+    # -- ingest -------------------------------------------------------------------------------
+
+    def ingest(self, verdicts: list[Verdict], now: float) -> IngestOutcome:
+        """Store a group of screened messages in one transaction. After it returns they may be acked."""
+        out = IngestOutcome()
+        db = self._db
+        with self._tx():
+            for v in verdicts:
+                if isinstance(v, Quarantined):
+                    self._quarantine(v.topic, v.payload, v.meter_id, v.seq, v.reason, v.detail, now)
+                    out.quarantined[v.reason.value] += 1
+                    continue
+                existing = db.execute("SELECT payload FROM readings WHERE meter_id = ? AND seq = ?",
+                                      (v.meter_id, v.seq)).fetchone()
+                if existing is not None:
+                    if existing[0] == v.payload:
+                        out.duplicates += 1  # a redelivery (DUP) of what we hold: ack, store once
+                    else:
+                        # Never overwrite: the first stays for the cloud to judge, the second is evidence.
+                        self._quarantine(f"meters/{v.meter_id}/readings", v.payload, v.meter_id, v.seq,
+                                         Reason.EQUIVOCATION, "different bytes for a (meter_id, seq) "
+                                         "already in the buffer; the first is kept and forwarded", now)
+                        out.quarantined[Reason.EQUIVOCATION.value] += 1
+                    continue
+                if not self._make_room(v, now, out):
+                    continue
+                db.execute("INSERT INTO readings(meter_id, seq, payload, size, reading_end, received_at) "
+                           "VALUES (?, ?, ?, ?, ?, ?)",
+                           (v.meter_id, v.seq, v.payload, len(v.payload), v.reading_end, now))
+                self.counts.pending += 1
+                self.counts.backlog_bytes += len(v.payload)
+                out.stored += 1
+                if self.oldest_pending_at is None:
+                    self.oldest_pending_at = now
+            self._bump({"received": len(verdicts), "stored": out.stored, "duplicates": out.duplicates,
+                        "quarantined": sum(out.quarantined.values()), "dropped": len(out.drops)})
+        return out
+
+    def _quarantine(self, topic: str, payload: bytes, meter_id: str | None, seq: int | None,
+                    reason: Reason, detail: str, now: float) -> None:
+        self._db.execute("INSERT INTO quarantine(topic, payload, meter_id, seq, reason, detail, received_at) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?)", (topic, payload, meter_id, seq, reason.value, detail, now))
+
+    def _over(self, extra_rows: int, extra_bytes: int) -> str | None:
+        c, q = self.counts, self.quota
+        if c.pending + c.inflight + extra_rows > q.max_rows:
+            return "rows"
+        if c.backlog_bytes + extra_bytes > q.max_bytes:
+            return "bytes"
+        return None
+
+    def _make_room(self, v: Accepted, now: float, out: IngestOutcome) -> bool:
+        """Apply the quota policy for one new reading. False: the new reading is not stored."""
+        size = len(v.payload)
+        which = self._over(1, size)
+        if which is None:
+            return True
+        q = self.quota
+        if q.policy == "drop_oldest" and size <= q.max_bytes:
+            while which is not None:
+                row = self._db.execute(
+                    "DELETE FROM readings WHERE id = (SELECT id FROM readings WHERE state = 'pending' "
+                    "ORDER BY id LIMIT 1) RETURNING meter_id, seq, size, received_at").fetchone()
+                if row is None:
+                    break  # everything left is in flight: fall through and refuse the new one
+                self.counts.pending -= 1
+                self.counts.backlog_bytes -= row[2]
+                self._drop(Drop(row[0], row[1], row[2], row[3], Reason.QUOTA_DROPPED,
+                                f"drop_oldest: {which} quota full"), now, out)
+                which = self._over(1, size)
+            if which is None:
+                return True
+        self._drop(Drop(v.meter_id, v.seq, size, now, Reason.QUOTA_DROPPED,
+                        f"reject_new: {which} quota full" if q.policy == "reject_new"
+                        else f"drop_oldest: {which} quota full and nothing pending to drop"), now, out)
+        return False
+
+    def _drop(self, d: Drop, now: float, out: IngestOutcome) -> None:
+        self._db.execute("INSERT INTO drops(meter_id, seq, size, reason, detail, received_at, dropped_at) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (d.meter_id, d.seq, d.size, d.reason.value, d.detail, d.received_at, now))
+        out.drops.append(d)
+
+    # -- forwarding ---------------------------------------------------------------------------
+
+    def claim(self, batch_id: str, limit: int, now: float) -> list[Claimed]:
+        """Move the oldest pending rows (by id: arrival order, so per-meter order) into a new batch.
+
+        Only pending rows are ever selected: rows in flight are never prefetched again.
+        """
+        with self._tx():
+            rows = self._db.execute(
+                "UPDATE readings SET state = 'inflight', batch_id = ?, attempts = attempts + 1, "
+                "first_sent_at = coalesce(first_sent_at, ?), last_sent_at = ? "
+                "WHERE id IN (SELECT id FROM readings WHERE state = 'pending' ORDER BY id LIMIT ?) "
+                "RETURNING id, meter_id, seq, payload", (batch_id, now, now, limit)).fetchall()
+            if not rows:
+                return []
+            rows.sort()
+            size = sum(len(r[3]) for r in rows)
+            self._db.execute("INSERT INTO batches(batch_id, created_at, items, bytes, sends, last_sent_at) "
+                             "VALUES (?, ?, ?, ?, 1, ?)", (batch_id, now, len(rows), size, now))
+            self._bump({"forwarded": len(rows), "batches_sent": 1})
+        self.counts.pending -= len(rows)
+        self.counts.inflight += len(rows)
+        if self.counts.pending == 0:
+            self.oldest_pending_at = None
+        return [Claimed(*r) for r in rows]
+
+    def mark_resent(self, batch_id: str, now: float) -> None:
+        with self._tx():
+            self._db.execute("UPDATE batches SET sends = sends + 1, last_sent_at = ? WHERE batch_id = ?",
+                             (now, batch_id))
+            self._db.execute("UPDATE readings SET attempts = attempts + 1, last_sent_at = ? "
+                             "WHERE batch_id = ? AND state = 'inflight'", (now, batch_id))
+            self._bump({"resent_batches": 1})
+
+    def apply_ack(self, batch_id: str, results: list[AckItem], now: float, *, whole_batch_ok: bool) -> AckOutcome:
+        """Delete accepted/duplicate rows, keep rejected ones with their reason; rows of the batch the
+        ack did not mention go back to pending (they will be re-sent).
+
+        `whole_batch_ok`: the ack covers exactly the batch we hold in memory and accepts all of it,
+        so one DELETE by batch_id does the job.
+        """
+        out = AckOutcome()
+        db = self._db
+        c = self.counts
+        with self._tx():
+            if whole_batch_ok:
+                for state, size in db.execute("DELETE FROM readings WHERE batch_id = ? AND state = 'inflight' "
+                                              "RETURNING state, size", (batch_id,)):
+                    self._forget(state, size)
+                    out.deleted += 1
+            else:
+                for item in results:
+                    row = db.execute("SELECT id, state, size FROM readings WHERE meter_id = ? AND seq = ?",
+                                     (item.meter_id, item.seq)).fetchone()
+                    if row is None or row[1] == "rejected":
+                        continue  # already acked earlier (a re-sent batch), or already judged
+                    rid, state, size = row
+                    if item.status == "rejected":
+                        reason = (item.reason or Reason.MALFORMED).value
+                        db.execute("UPDATE readings SET state = 'rejected', reason = ?, detail = ? WHERE id = ?",
+                                   (reason, f"rejected by the cloud (batch {batch_id})", rid))
+                        self._forget(state, size)
+                        c.rejected += 1
+                        c.rejected_bytes += size
+                        out.rejected[reason] += 1
+                    else:
+                        db.execute("DELETE FROM readings WHERE id = ?", (rid,))
+                        self._forget(state, size)
+                        out.deleted += 1
+                out.requeued = db.execute("UPDATE readings SET state = 'pending' "
+                                          "WHERE batch_id = ? AND state = 'inflight'", (batch_id,)).rowcount
+                c.inflight -= out.requeued
+                c.pending += out.requeued
+            db.execute("UPDATE batches SET acked_at = ?, accepted = ?, rejected = ? WHERE batch_id = ?",
+                       (now, out.deleted, sum(out.rejected.values()), batch_id))
+            self._bump({"acked": out.deleted, "rejected": sum(out.rejected.values())})
+        if out.requeued:
+            self.refresh_oldest()
+        elif c.pending == 0:
+            self.oldest_pending_at = None
+        return out
+
+    def _forget(self, state: str, size: int) -> None:
+        if state == "pending":
+            self.counts.pending -= 1
+        else:
+            self.counts.inflight -= 1
+        self.counts.backlog_bytes -= size
+
+    # -- housekeeping -------------------------------------------------------------------------
+
+    def expire(self, now: float) -> list[Drop]:
+        """Drop pending readings older than the TTL (oldest first), each recorded in `drops`."""
+        if self.ttl_seconds <= 0:
+            return []
+        cutoff = now - self.ttl_seconds
+        candidates = self._db.execute("SELECT id, received_at FROM readings WHERE state = 'pending' "
+                                      "ORDER BY id LIMIT ?", (EXPIRE_CHUNK,)).fetchall()
+        ids = [(rid,) for rid, received_at in candidates if received_at < cutoff]
+        if not ids:
+            return []
+        out = IngestOutcome()
+        with self._tx():
+            for (rid,) in ids:
+                row = self._db.execute("DELETE FROM readings WHERE id = ? AND state = 'pending' "
+                                       "RETURNING meter_id, seq, size, received_at", (rid,)).fetchone()
+                if row is None:
+                    continue
+                self.counts.pending -= 1
+                self.counts.backlog_bytes -= row[2]
+                self._drop(Drop(row[0], row[1], row[2], row[3], Reason.EXPIRED,
+                                f"waited longer than the TTL of {self.ttl_seconds:g} s"), now, out)
+            self._bump({"dropped": len(out.drops)})
+        self.refresh_oldest()
+        return out.drops
+
+    def prune_batches(self, now: float) -> int:
+        with self._tx():
+            return self._db.execute("DELETE FROM batches WHERE acked_at IS NOT NULL AND acked_at < ?",
+                                    (now - BATCH_HISTORY_S,)).rowcount
+
+    def refresh_oldest(self) -> float | None:
+        row = self._db.execute("SELECT received_at FROM readings WHERE state = 'pending' "
+                               "ORDER BY id LIMIT 1").fetchone()
+        self.oldest_pending_at = row[0] if row else None
+        return self.oldest_pending_at
+
+    def resync(self) -> Counts:
+        """Recount from the table (cheap enough once a minute even with a million rows)."""
+        c = Counts()
+        for state, n, size in self._db.execute(
+                "SELECT state, count(*), coalesce(sum(size), 0) FROM readings GROUP BY state"):
+            if state == "pending":
+                c.pending, c.backlog_bytes = n, c.backlog_bytes + size
+            elif state == "inflight":
+                c.inflight, c.backlog_bytes = n, c.backlog_bytes + size
+            else:
+                c.rejected, c.rejected_bytes = n, size
+        self.counts = c
+        self.refresh_oldest()
+        return c
+
+    def counter_values(self) -> dict[str, int]:
+        return dict(self._db.execute("SELECT name, value FROM counters").fetchall())
+
+
+class _Tx:
+    """BEGIN IMMEDIATE … COMMIT, ROLLBACK on error. IMMEDIATE: take the write lock up front, so the
+    inspector's concurrent writes wait on busy_timeout instead of failing mid-transaction."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self._db.execute("ROLLBACK" if exc_type is not None else "COMMIT")

@@ -1,0 +1,79 @@
+"""The edge's verdict on one MQTT message, before it touches the buffer. Pure: no I/O.
+
+Structure, topic and (when a key file is configured) the signature. Everything else — the
+registry, the validation rules, equivocation against accepted readings — is the cloud's job.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import base58
+
+from protocol.check import check_topic
+from protocol.errors import ProtocolError
+from protocol.reasons import Reason
+from protocol.topics import meter_of
+from protocol.wire import parse_payload, verify_signed
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    meter_id: str
+    seq: int
+    reading_end: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    topic: str
+    payload: bytes
+    reason: Reason
+    detail: str
+    meter_id: str | None = None
+    seq: int | None = None
+
+
+Verdict = Accepted | Quarantined
+
+
+def screen(topic: str, payload: bytes, keys: Mapping[str, bytes] | None = None) -> Verdict:
+    """Accepted readings go to the buffer; everything else to quarantine with its reason."""
+    try:
+        topic_meter: str | None = meter_of(topic)
+    except ProtocolError:
+        topic_meter = None
+    try:
+        signed = parse_payload(payload)
+    except ProtocolError as exc:
+        return Quarantined(topic, payload, exc.reason, exc.detail, topic_meter)
+    meter_id, seq = signed.reading.meter_id, signed.reading.seq
+    try:
+        check_topic(signed, topic)
+    except ProtocolError as exc:
+        return Quarantined(topic, payload, exc.reason, exc.detail, meter_id, seq)
+    if keys is not None:
+        public_key = keys.get(meter_id)
+        # A meter missing from the local key file is forwarded: the cloud's registry is newer than
+        # the gateway's copy and is the judge of record (it rejects unknown meters itself).
+        if public_key is not None and not verify_signed(signed, public_key):
+            return Quarantined(topic, payload, Reason.BAD_SIGNATURE,
+                               f"signature does not verify with the key of meter {meter_id!r} in the key file",
+                               meter_id, seq)
+    return Accepted(meter_id, seq, signed.reading.end, signed.payload)
+
+
+def load_keys(path: Path) -> dict[str, bytes]:
+    """meters.csv with at least the columns meter_id and public_key (base58 Ed25519)."""
+    keys: dict[str, bytes] = {}
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"meter_id", "public_key"} <= set(reader.fieldnames):
+            raise ValueError(f"{path} must be a CSV with the columns meter_id and public_key")
+        for row in reader:
+            keys[row["meter_id"].strip()] = base58.b58decode(row["public_key"].strip())
+    return keys

@@ -1,0 +1,205 @@
+"""The writer thread: the one owner of the SQLite connection, and the commit-then-ack step.
+
+Messages from the receiver (paho's thread) and calls from the asyncio side (forwarder,
+housekeeping) share one FIFO queue. Messages are group-committed: take what is queued, up to
+`commit_max`, lingering a few ms for more; screen; store in one transaction; only then ack each
+one to the edge broker. A crash before the ack means the broker re-delivers (DUP), and the buffer
+stores it once. Because the queue is FIFO, a call submitted after a message runs after that
+message is committed and acked: `barrier()` relies on that during a drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from edge.buffer import Buffer, Drop, IngestOutcome
+from edge.metrics import EdgeMetrics
+from edge.screening import screen
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    fn: Callable[[Buffer], Any]
+    future: Future[Any]
+
+
+class _Stop:
+    pass
+
+
+Acker = Callable[[int, int], None]
+
+
+class Writer:
+    def __init__(self, buffer: Buffer, *, metrics: EdgeMetrics, keys: Mapping[str, bytes] | None,
+                 commit_max: int = 1000, linger_s: float = 0.005) -> None:
+        self.buffer = buffer
+        self._metrics = metrics
+        self._keys = keys
+        self._commit_max = commit_max
+        self._linger = linger_s
+        self._queue: queue.SimpleQueue[Incoming | _Call | _Stop] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._main, name="edge-writer", daemon=True)
+        self.ack: Acker = lambda _mid, _qos: None
+        self.on_stored: Callable[[], None] = lambda: None
+        """Called (on the writer thread) after a commit that added pending rows."""
+        self.on_failure: Callable[[BaseException], None] = lambda _exc: None
+        self.failure: BaseException | None = None
+
+    # -- producer side (any thread) -----------------------------------------------------------
+
+    def submit(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
+        self._queue.put(Incoming(topic, payload, mid, qos))
+
+    def call_soon(self, fn: Callable[[Buffer], T]) -> Future[T]:
+        future: Future[T] = Future()
+        if self.failure is not None:
+            future.set_exception(RuntimeError("the buffer writer has stopped after an error"))
+            return future
+        self._queue.put(_Call(fn, future))
+        return future
+
+    async def call(self, fn: Callable[[Buffer], T]) -> T:
+        """Run `fn(buffer)` on the writer thread, in queue order."""
+        return await asyncio.wrap_future(self.call_soon(fn))
+
+    async def barrier(self) -> None:
+        """Returns once every message queued before it is committed and acked."""
+        await self.call(lambda _b: None)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self._thread.is_alive():
+            self._queue.put(_Stop())
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and self.failure is None
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    # -- the thread ---------------------------------------------------------------------------
+
+    def _main(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # a bug or a broken disk: stop the agent, say why once
+            log.exception("buffer writer failed; the agent stops (unacked readings stay with the broker)")
+            self.failure = exc
+            self.on_failure(exc)
+            self._fail_pending(exc)
+
+    def _fail_pending(self, exc: BaseException) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, _Call) and not item.future.done():
+                item.future.set_exception(RuntimeError(f"the buffer writer has stopped: {exc}"))
+
+    def _loop(self) -> None:
+        q = self._queue
+        while True:
+            item = q.get()
+            if isinstance(item, _Stop):
+                return
+            if isinstance(item, _Call):
+                self._run(item)
+                continue
+            messages = [item]
+            calls: list[_Call] = []
+            stop = False
+            deadline = time.monotonic() + self._linger
+            while len(messages) < self._commit_max:
+                try:
+                    nxt = q.get_nowait()
+                except queue.Empty:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    try:
+                        nxt = q.get(timeout=remaining)
+                    except queue.Empty:
+                        break
+                if isinstance(nxt, _Stop):
+                    stop = True
+                    break
+                if isinstance(nxt, _Call):
+                    calls.append(nxt)  # runs right after this commit: still FIFO w.r.t. the messages
+                    continue
+                messages.append(nxt)
+            self._commit(messages)
+            for call in calls:
+                self._run(call)
+            if stop:
+                return
+
+    def _run(self, call: _Call) -> None:
+        if not call.future.set_running_or_notify_cancel():
+            return
+        try:
+            call.future.set_result(call.fn(self.buffer))
+        except Exception as exc:  # reported to the caller, who decides; the writer goes on
+            call.future.set_exception(exc)
+
+    def _commit(self, messages: list[Incoming]) -> None:
+        verdicts = [screen(m.topic, m.payload, self._keys) for m in messages]
+        started = time.perf_counter()
+        outcome = self.buffer.ingest(verdicts, time.time())
+        self._metrics.commit_seconds.observe(time.perf_counter() - started)
+        # Only now, with the readings durable (per the synchronous setting), release them at the broker.
+        for m in messages:
+            if m.qos > 0:
+                self.ack(m.mid, m.qos)
+        self._account(len(messages), outcome)
+        if outcome.stored:
+            self.on_stored()
+
+    def _account(self, received: int, out: IngestOutcome) -> None:
+        m = self._metrics
+        m.received.inc(received)
+        m.stored.inc(out.stored)
+        if out.duplicates:
+            m.duplicates.inc(out.duplicates)
+        for reason, n in out.quarantined.items():
+            m.quarantined.labels(reason).inc(n)
+            log.warning("quarantined %d message(s): %s", n, reason)
+        if out.drops:
+            self.account_drops(out.drops)
+
+    def account_drops(self, drops: list[Drop]) -> None:
+        """Count and log drops (one line per group, each drop is also a row in `drops`)."""
+        by_reason: dict[str, int] = {}
+        for d in drops:
+            by_reason[d.reason.value] = by_reason.get(d.reason.value, 0) + 1
+        for reason, n in by_reason.items():
+            self._metrics.dropped.labels(reason).inc(n)
+        first, last = drops[0], drops[-1]
+        log.warning("dropped %d reading(s) (%s), first %s/%d, last %s/%d; see the drops table",
+                    len(drops), first.detail, first.meter_id, first.seq, last.meter_id, last.seq)
