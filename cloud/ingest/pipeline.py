@@ -6,11 +6,13 @@ Order of checks for each item (the first failing one decides):
 2. same bytes as a reading already stored (Postgres or earlier in this batch) → duplicate. Checked
    before the registry so that a batch re-sent after a crash is recognised even if the meter was
    quarantined since.
-3. registry: unknown meter → unknown_meter; status not active → suspended_meter.
+3. registry: unknown meter → unknown_meter.
 4. signature against a key valid for the reading → bad_signature (never skipped).
 5. same key, different signed bytes → equivocation; the meter is quarantined. Only *signed*
    conflicting bytes count, so nobody but the meter's key holder can get a meter quarantined.
-6. validation rules (`rules.check_reading`), with register neighbours from Postgres and this batch.
+   Checked before the status, so a re-sent equivocation gets the same answer after the quarantine.
+6. status not active (suspended, revoked, quarantined) → suspended_meter.
+7. validation rules (`rules.check_reading`), with register neighbours from Postgres and this batch.
 
 The I/O around it (`store`) supplies the `StoredContext` of each key and persists the `Plan`.
 """
@@ -140,10 +142,6 @@ def classify(batch: Batch, parsed: list[Parsed], context: Mapping[Key, StoredCon
         if record is None:
             plan.reject(p, meter_id, seq, Reason.UNKNOWN_METER, f"meter {meter_id!r} is not in the registry")
             continue
-        if not record.active or meter_id in plan.quarantine:
-            status = "quarantined" if meter_id in plan.quarantine else record.status
-            plan.reject(p, meter_id, seq, Reason.SUSPENDED_METER, f"meter {meter_id!r} is {status}")
-            continue
         if not record.verifies(signed.reading, signed.message, signed.signature):
             plan.reject(p, meter_id, seq, Reason.BAD_SIGNATURE,
                         f"signature does not verify with the registered key of {meter_id!r}")
@@ -152,6 +150,10 @@ def classify(batch: Batch, parsed: list[Parsed], context: Mapping[Key, StoredCon
             detail = equivocation_detail(meter_id, seq, batch.batch_id)
             plan.reject(p, meter_id, seq, Reason.EQUIVOCATION, detail)
             plan.quarantine[meter_id] = detail
+            continue
+        if not record.active or meter_id in plan.quarantine:
+            status = "quarantined" if meter_id in plan.quarantine else record.status
+            plan.reject(p, meter_id, seq, Reason.SUSPENDED_METER, f"meter {meter_id!r} is {status}")
             continue
         prev = _later(ctx.prev, local_last.get(meter_id))
         reading = signed.reading
