@@ -57,7 +57,7 @@ def _guard(fn: F) -> F:
 def _db_option(fn: F) -> F:
     return click.option("--db", "db_path", type=click.Path(path_type=Path, dir_okay=True),
                         default=db.default_buffer_path,
-                        show_default=f"${db.BUFFER_ENV} or {db.DEFAULT_BUFFER}",
+                        show_default=f"${db.BUFFER_ENV} or the agent's --buffer default",
                         help="The agent's SQLite buffer (a copied file works too).")(fn)
 
 

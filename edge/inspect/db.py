@@ -26,16 +26,15 @@ class BufferError(Exception):
 
 
 def default_buffer_path() -> str:
-    """The configured buffer: GRIDTOKENX_EDGE_BUFFER, else the agent's default, else ./edge-buffer.sqlite."""
+    """The configured buffer: GRIDTOKENX_EDGE_BUFFER, else the agent's default (edge.settings)."""
     env = os.environ.get(BUFFER_ENV)
     if env:
         return env
     try:
-        from edge import settings as agent_settings  # the agent's settings, once it exists
-    except ImportError:
+        from edge.settings import EdgeSettings
+    except ImportError:  # an install without the agent: the inspector still works on copied files
         return DEFAULT_BUFFER
-    default = getattr(agent_settings, "DEFAULT_BUFFER", None) or getattr(agent_settings, "DEFAULT_BUFFER_PATH", None)
-    return str(default) if default else DEFAULT_BUFFER
+    return str(EdgeSettings().buffer)
 
 
 def _check_file(path: Path) -> None:

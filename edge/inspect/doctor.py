@@ -108,21 +108,28 @@ def _disk(path: Path) -> Check:
 
 
 def _quota(conn: sqlite3.Connection, cfg: DoctorConfig) -> Check:
-    if cfg.quota_rows is None and cfg.quota_bytes is None:
-        return Check("quota", "SKIP", "no quota configured to compare with",
-                     "pass --quota-rows/--quota-bytes (the agent's buffer limits)")
-    rows, size = conn.execute("SELECT count(*), total(size) FROM readings").fetchone()
+    # The agent writes its quota into meta at start; flags override (e.g. for a copied file).
+    meta = dict(conn.execute("SELECT key, value FROM meta WHERE key LIKE 'quota_%'").fetchall())
+    max_rows = cfg.quota_rows or int(meta.get("quota_max_rows", 0)) or None
+    max_bytes = cfg.quota_bytes or int(meta.get("quota_max_bytes", 0)) or None
+    if max_rows is None and max_bytes is None:
+        return Check("quota", "SKIP", "no quota recorded in the buffer's meta table",
+                     "pass --quota-rows/--quota-bytes (the agent's --max-rows/--max-bytes)")
+    # The quota limits the forwarding backlog (pending + inflight), not rejected rows kept as evidence.
+    rows, size = conn.execute("SELECT count(*), total(size) FROM readings WHERE state IN ('pending', 'inflight')"
+                              ).fetchone()
     parts, worst = [], 0.0
-    if cfg.quota_rows:
-        parts.append(f"rows {rows:,}/{cfg.quota_rows:,}")
-        worst = max(worst, rows / cfg.quota_rows)
-    if cfg.quota_bytes:
-        parts.append(f"bytes {int(size):,}/{cfg.quota_bytes:,}")
-        worst = max(worst, size / cfg.quota_bytes)
+    if max_rows:
+        parts.append(f"rows {rows:,}/{max_rows:,}")
+        worst = max(worst, rows / max_rows)
+    if max_bytes:
+        parts.append(f"bytes {int(size):,}/{max_bytes:,}")
+        worst = max(worst, size / max_bytes)
     detail = f"{', '.join(parts)} ({worst:.0%} used)"
-    fix = "find why forwarding is stuck (inspect stats, doctor's broker checks) or raise the quota"
+    fix = "find why forwarding is stuck (inspect stats, the broker checks here) or raise --max-rows/--max-bytes"
     if worst >= 1.0:
-        return Check("quota", "FAIL", detail + ": the agent is dropping or refusing readings", fix)
+        policy = meta.get("quota_policy", "its policy")
+        return Check("quota", "FAIL", f"{detail}: the agent is dropping readings ({policy})", fix)
     if worst >= QUOTA_WARN:
         return Check("quota", "WARN", detail, fix)
     return Check("quota", "OK", detail)

@@ -74,13 +74,15 @@ def requeue(conn: sqlite3.Connection, keys: list[tuple[Source, int]], *, now: fl
 
 
 def _requeue_rejected(conn: sqlite3.Connection, row_id: int) -> int:
-    row = conn.execute("SELECT meter_id, seq, payload, size, reading_end, received_at FROM readings "
-                       "WHERE id = ? AND state = 'rejected'", (row_id,)).fetchone()
-    if row is None:  # the agent changed it meanwhile
+    # Same row under a new id; attempts and send times stay, so `show` keeps the reading's history.
+    cols = "meter_id, seq, payload, size, reading_end, received_at, batch_id, attempts, first_sent_at, last_sent_at"
+    row = conn.execute(f"SELECT {cols} FROM readings WHERE id = ? AND state = 'rejected'",
+                       (row_id,)).fetchone()
+    if row is None:  # the agent or another technician changed it meanwhile
         return 0
     conn.execute("DELETE FROM readings WHERE id = ?", (row_id,))
-    conn.execute("INSERT INTO readings (meter_id, seq, payload, size, reading_end, received_at, state) "
-                 "VALUES (?, ?, ?, ?, ?, ?, 'pending')", row)
+    conn.execute(f"INSERT INTO readings ({cols}, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
+                 row)
     return 1
 
 

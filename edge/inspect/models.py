@@ -60,6 +60,8 @@ class Stats(msgspec.Struct, frozen=True):
     drops: list[ReasonCount]
     forward: ForwardRate
     counters: dict[str, int]
+    meta: dict[str, str]
+    """The agent's meta table: gateway_id, agent_version, quota_*, ttl_seconds, started_at …"""
 
 
 class Row(msgspec.Struct, frozen=True):

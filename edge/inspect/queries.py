@@ -107,6 +107,7 @@ def _stats(conn: sqlite3.Connection, *, now: float, window_seconds: int) -> Stat
         drops=drops,
         forward=forward,
         counters=counters,
+        meta=meta,
     )
 
 

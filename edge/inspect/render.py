@@ -53,6 +53,11 @@ def stats(console: Console, s: Stats) -> None:
         t.add_row(total.state, f"{total.rows:,}", size(total.bytes))
     t.add_row("[bold]total", f"[bold]{s.buffered_rows:,}", f"[bold]{size(s.buffered_bytes)}")
     console.print(t)
+    quota = [f"{s.meta[k]} {unit}" for k, unit in (("quota_max_rows", "rows"), ("quota_max_bytes", "bytes"))
+             if k in s.meta]
+    if quota:
+        console.print(f"Agent quota: {' / '.join(quota)} ({s.meta.get('quota_policy', '?')}), "
+                      f"TTL {s.meta.get('ttl_seconds', '?')} s")
     oldest = (f"{age(s.oldest_pending_age_seconds)} ago ({when(s.oldest_pending_at)})"
               if s.oldest_pending_at is not None else "none pending")
     console.print(f"Oldest pending: {oldest}")
