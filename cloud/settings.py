@@ -31,6 +31,10 @@ class TokenizationSettings:
         default=5.0, metadata={"env": "TOKENIZATION_INITIAL_RETRY_DELAY_MINUTES"})
     max_retry_delay_minutes: float = field(
         default=24 * 60.0, metadata={"env": "TOKENIZATION_MAX_RETRY_DELAY_MINUTES"})
+    resign_attempts: int = field(default=3, metadata={"env": "TOKENIZATION_RESIGN_ATTEMPTS"})
+    """Times a batch is re-signed after its blockhash expired unseen, before its readings go to retry."""
+    max_batches_per_poll: int = field(default=64, metadata={"env": "TOKENIZATION_MAX_BATCHES_PER_POLL"})
+    """Transactions one poll may plan (each wallet costs one mint_to, ~10 wallets per transaction)."""
 
     @property
     def ratio(self) -> Fraction:
@@ -53,6 +57,9 @@ class ChainSettings:
     token_program: str = field(default="spl-token", metadata={"env": "GRIDTOKENX_TOKEN_PROGRAM"})
     """`spl-token` or `token-2022`."""
     state_dir: Path = field(default=Path(".gridtokenx/chain"), metadata={"env": "GRIDTOKENX_CHAIN_STATE_DIR"})
+    rpc_timeout_secs: float = field(default=10.0, metadata={"env": "SOLANA_RPC_TIMEOUT_SECS"})
+    confirm_poll_secs: float = field(default=0.4, metadata={"env": "GRIDTOKENX_CONFIRM_POLL_SECS"})
+    """How often open batches are checked for confirmation and rebroadcast."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,121 @@
+"""The mint authority keypair and the mint: loaded from config or `state_dir`, created on first start.
+
+Files in state_dir (0600): `mint-authority.json` (Solana CLI keypair format, a JSON array of 64
+bytes) and `mint.json` ({"mint": address, "decimals": n, "token_program": id}). Creating the mint
+goes through the same backend interface as minting, so `embedded`, `localnet` and a devnet behave
+alike; on a cluster that funds by airdrop (localnet, devnet) the authority is funded first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from solders.keypair import Keypair
+from solders.pubkey import Pubkey
+from spl.token.constants import TOKEN_2022_PROGRAM_ID, TOKEN_PROGRAM_ID
+
+from cloud.chain.base import ChainBackend, ChainError, MintIdentity
+from cloud.settings import ChainSettings, TokenizationSettings
+
+log = logging.getLogger(__name__)
+
+AUTHORITY_FILE = "mint-authority.json"
+MINT_FILE = "mint.json"
+RENT_EXEMPT_MINT = (128 + 82) * 3480 * 2  # lamports; rent-exempt minimum for an 82-byte account
+AIRDROP_LAMPORTS = 10 * 10**9
+
+
+class IdentityError(ChainError):
+    pass
+
+
+def token_program_id(name: str) -> Pubkey:
+    if name in ("spl-token", "spl_token", "token"):
+        return TOKEN_PROGRAM_ID
+    if name in ("token-2022", "token2022", "spl-token-2022"):
+        return TOKEN_2022_PROGRAM_ID
+    raise IdentityError(f"GRIDTOKENX_TOKEN_PROGRAM must be spl-token or token-2022, not {name!r}")
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def load_keypair(path: Path) -> Keypair:
+    try:
+        raw = json.loads(path.read_text())
+        return Keypair.from_bytes(bytes(raw))
+    except (OSError, ValueError, TypeError) as exc:
+        raise IdentityError(f"cannot read keypair {path} ({exc}); it must be a Solana CLI keypair "
+                            "file (JSON array of 64 numbers)") from exc
+
+
+def load_or_create_keypair(path: Path) -> Keypair:
+    if path.exists():
+        return load_keypair(path)
+    kp = Keypair()
+    _write_private(path, json.dumps(list(bytes(kp))))
+    log.info("created mint authority keypair %s (%s)", path, kp.pubkey())
+    return kp
+
+
+async def ensure_identity(backend: ChainBackend, chain: ChainSettings,
+                          tokenization: TokenizationSettings) -> MintIdentity:
+    """The authority and mint for this deployment, creating the mint on first start."""
+    program = token_program_id(chain.token_program)
+    authority = (load_keypair(chain.authority_keypair) if chain.authority_keypair
+                 else load_or_create_keypair(chain.state_dir / AUTHORITY_FILE))
+    if chain.mint_address:
+        mint = Pubkey.from_string(chain.mint_address)
+        if not await backend.account_exists(mint):
+            raise IdentityError(f"mint {mint} (GRIDTOKENX_MINT_ADDRESS) does not exist on the cluster")
+        return MintIdentity(authority, mint, tokenization.decimals, program)
+    mint_file = chain.state_dir / MINT_FILE
+    if mint_file.exists():
+        doc = json.loads(mint_file.read_text())
+        mint = Pubkey.from_string(doc["mint"])
+        if doc["decimals"] != tokenization.decimals:
+            raise IdentityError(f"mint {mint} has {doc['decimals']} decimals but TOKENIZATION_DECIMALS is "
+                                f"{tokenization.decimals}; set it back or use a new GRIDTOKENX_CHAIN_STATE_DIR")
+        if await backend.account_exists(mint):
+            return MintIdentity(authority, mint, int(doc["decimals"]), program)
+        raise IdentityError(f"mint {mint} from {mint_file} is not on this cluster; point at the cluster "
+                            "that has it, or remove the file to create a new mint")
+    return await _create_mint(backend, authority, tokenization.decimals, program, mint_file)
+
+
+async def _create_mint(backend: ChainBackend, authority: Keypair, decimals: int, program: Pubkey,
+                       mint_file: Path) -> MintIdentity:
+    from cloud.chain.tx import create_mint_tx
+
+    if await backend.lamports(authority.pubkey()) < AIRDROP_LAMPORTS // 10:
+        await backend.airdrop(authority.pubkey(), AIRDROP_LAMPORTS)
+    mint = Keypair()
+    recent = await backend.latest_blockhash()
+    tx = create_mint_tx(authority, mint, decimals, program, RENT_EXEMPT_MINT, recent.blockhash)
+    await backend.send(bytes(tx))
+    sig = str(tx.signatures[0])
+    for _ in range(600):
+        status = (await backend.signature_statuses([sig]))[0]
+        if status is not None:
+            if status.err:
+                raise IdentityError(f"creating the mint failed on chain: {status.err}")
+            break
+        if await backend.block_height() > recent.last_valid_block_height:
+            raise IdentityError("creating the mint timed out (blockhash expired); start again")
+        import asyncio
+        await asyncio.sleep(0.1)
+    _write_private(mint_file, json.dumps({"mint": str(mint.pubkey()), "decimals": decimals,
+                                          "token_program": str(program)}))
+    log.info("created mint %s (decimals %d, authority %s)", mint.pubkey(), decimals, authority.pubkey())
+    return MintIdentity(authority, mint.pubkey(), decimals, program)

@@ -1,0 +1,1 @@
+"""The minter: plans mint batches from unminted readings, writes them ahead, sends, confirms, reconciles."""

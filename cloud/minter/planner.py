@@ -1,0 +1,122 @@
+"""Pure planning: which base units each reading, meter and wallet gets, and how wallets pack into
+transactions. No I/O; integer arithmetic only.
+
+Minting is cumulative per meter. For a meter whose ledger says `minted_wh` validated Wh earned
+`minted_units` so far, its readings (oldest first) each get
+
+    units_i = max(0, entitled(minted_wh + wh_1 + … + wh_i) − units minted before it)
+
+so the units of any prefix of readings add up to exactly entitled(total) − minted_units: replays
+and retries mint nothing extra and rounding dust carries to the next reading instead of being lost.
+A reading's wallet is the one the registry gave it at acceptance; each wallet gets one mint_to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+from protocol.units import entitled_base_units
+
+
+@dataclass(frozen=True, slots=True)
+class PendingReading:
+    id: int
+    meter_id: str
+    wallet: str
+    export_wh: int
+
+
+@dataclass(frozen=True, slots=True)
+class MeterLedger:
+    minted_wh: int = 0
+    minted_units: int = 0
+
+
+@dataclass(slots=True)
+class BatchPlan:
+    """One transaction's worth: wallets (one mint_to each) and everything they account for."""
+
+    reading_ids: list[int] = field(default_factory=list)
+    reading_units: list[int] = field(default_factory=list)
+    wallet_amounts: dict[str, int] = field(default_factory=dict)
+    meter_wh: dict[str, int] = field(default_factory=dict)
+    meter_units: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total_units(self) -> int:
+        return sum(self.wallet_amounts.values())
+
+    @property
+    def transfers(self) -> list[tuple[str, int]]:
+        """Wallets that actually receive tokens (a zero amount needs no instruction)."""
+        return [(w, a) for w, a in self.wallet_amounts.items() if a > 0]
+
+
+@dataclass(frozen=True, slots=True)
+class _WalletGroup:
+    wallet: str
+    amount: int
+    reading_ids: tuple[int, ...]
+    reading_units: tuple[int, ...]
+    meter_wh: dict[str, int]
+    meter_units: dict[str, int]
+
+
+def attribute(readings: Sequence[PendingReading], ledgers: dict[str, MeterLedger], *, ratio: Fraction,
+              decimals: int) -> dict[int, int]:
+    """Base units per reading id, by the cumulative rule above. Readings are taken in id order."""
+    state = {m: (lg.minted_wh, lg.minted_units) for m, lg in ledgers.items()}
+    out: dict[int, int] = {}
+    for r in sorted(readings, key=lambda r: r.id):
+        wh, units = state.get(r.meter_id, (0, 0))
+        wh += r.export_wh
+        target = entitled_base_units(wh, ratio=ratio, decimals=decimals)
+        out[r.id] = max(0, target - units)
+        state[r.meter_id] = (wh, max(units, target))
+    return out
+
+
+def plan(readings: Sequence[PendingReading], ledgers: dict[str, MeterLedger], *, ratio: Fraction,
+         decimals: int, fits: Callable[[list[tuple[str, int]]], bool], max_batches: int) -> list[BatchPlan]:
+    """Group readings per wallet and pack wallets into transactions that `fits` accepts.
+
+    Every reading of one wallet lands in the same batch. At most `max_batches` batches are returned;
+    readings of wallets left over simply wait for the next poll.
+    """
+    units = attribute(readings, ledgers, ratio=ratio, decimals=decimals)
+    by_wallet: dict[str, list[PendingReading]] = {}
+    for r in sorted(readings, key=lambda r: r.id):
+        by_wallet.setdefault(r.wallet, []).append(r)
+    groups = []
+    for wallet, rs in by_wallet.items():
+        meter_wh: dict[str, int] = {}
+        meter_units: dict[str, int] = {}
+        for r in rs:
+            meter_wh[r.meter_id] = meter_wh.get(r.meter_id, 0) + r.export_wh
+            meter_units[r.meter_id] = meter_units.get(r.meter_id, 0) + units[r.id]
+        groups.append(_WalletGroup(wallet, sum(units[r.id] for r in rs), tuple(r.id for r in rs),
+                                   tuple(units[r.id] for r in rs), meter_wh, meter_units))
+    batches: list[BatchPlan] = []
+    current = BatchPlan()
+    for g in groups:
+        candidate = [*current.transfers, *([(g.wallet, g.amount)] if g.amount > 0 else [])]
+        if current.reading_ids and not fits(candidate):
+            batches.append(current)
+            if len(batches) >= max_batches:
+                return batches
+            current = BatchPlan()
+        _add(current, g)
+    if current.reading_ids:
+        batches.append(current)
+    return batches[:max_batches]
+
+
+def _add(batch: BatchPlan, g: _WalletGroup) -> None:
+    batch.reading_ids.extend(g.reading_ids)
+    batch.reading_units.extend(g.reading_units)
+    batch.wallet_amounts[g.wallet] = batch.wallet_amounts.get(g.wallet, 0) + g.amount
+    for m, wh in g.meter_wh.items():
+        batch.meter_wh[m] = batch.meter_wh.get(m, 0) + wh
+        batch.meter_units[m] = batch.meter_units.get(m, 0) + g.meter_units[m]

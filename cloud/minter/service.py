@@ -1,0 +1,214 @@
+"""The minting loop: plan batches from unminted readings, send them, confirm or release them.
+
+    poll (every TOKENIZATION_POLLING_INTERVAL_SECS, when auto-mint is on)
+      claim readings → plan (pure) → sign → WRITE batch + signature + bytes to Postgres
+    drive (every GRIDTOKENX_CONFIRM_POLL_SECS while batches are open)
+      (re)broadcast the stored bytes → block height → signature statuses
+      landed ok     → readings minted, ledger advanced, one transaction
+      landed w/ err → nothing was minted (transactions are atomic): release to the retry queue
+      no status and the blockhash expired (height read BEFORE the status) → re-sign, or release
+
+A crash anywhere leaves the batch in the WAL; the next start drives it on with the same bytes.
+Several batches may be in flight for one authority because each meter has at most one open batch
+and each batch's amounts are computed from its meters' confirmed ledger (docs/minter.md, "Safety").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+
+import asyncpg
+from solders.pubkey import Pubkey
+
+from cloud.chain.base import ChainBackend, ChainError, ChainUnavailable, MintIdentity, RecentBlockhash
+from cloud.chain.tx import build_mint_tx, max_wallets_per_tx
+from cloud.minter import metrics, store
+from cloud.minter.status import export, read_status
+from cloud.settings import CloudSettings
+
+log = logging.getLogger(__name__)
+
+DRAIN_SECS = 10.0
+
+
+class Minter:
+    def __init__(self, pool: asyncpg.Pool, backend: ChainBackend, settings: CloudSettings) -> None:
+        self.pool = pool
+        self.backend = backend
+        self.settings = settings
+        self.identity: MintIdentity = backend.identity
+        self.authority = str(self.identity.authority.pubkey())
+        # Measured once: the most wallets whose ATA-create + mint_to fit one transaction with our memo.
+        self.max_wallets = max_wallets_per_tx(self.identity, store.memo_for(10**15))
+
+    # -- planning ---------------------------------------------------------------------------
+    async def plan(self, *, reading_ids: Sequence[int] | None = None, meter_id: str | None = None,
+                   manual: bool = False, limit: int | None = None) -> list[int]:
+        recent = await self.backend.latest_blockhash()
+        tok = self.settings.tokenization
+        return await store.plan_batches(
+            self.pool, limit=limit or tok.batch_size, settings=tok, mint=str(self.identity.mint),
+            authority=self.authority, fits=lambda transfers: len(transfers) <= self.max_wallets,
+            sign=lambda batch_id, transfers: self._sign(batch_id, transfers, recent),
+            reading_ids=reading_ids, meter_id=meter_id, manual=manual)
+
+    def _sign(self, batch_id: int, transfers: list[tuple[str, int]], recent: RecentBlockhash) -> store.SignedTx:
+        entries = [(Pubkey.from_string(w), a) for w, a in transfers]
+        tx = build_mint_tx(self.identity, entries, store.memo_for(batch_id), recent.blockhash)
+        return store.SignedTx(str(tx.signatures[0]), bytes(tx), str(recent.blockhash),
+                              recent.last_valid_block_height)
+
+    # -- driving ----------------------------------------------------------------------------
+    async def drive(self) -> int:
+        """One pass over open batches; returns how many are still open."""
+        batches = [b for b in await store.open_batches(self.pool, self.authority) if b.signature]
+        if not batches:
+            return 0
+        for b in batches:
+            assert b.tx_bytes is not None and b.signature is not None
+            try:
+                await self.backend.send(b.tx_bytes)
+            except ChainUnavailable as exc:
+                log.debug("send of batch %d: %s", b.id, exc)
+            except ChainError as exc:
+                # Refused now (already processed, preflight); the status check below decides.
+                log.debug("send of batch %d refused: %s", b.id, exc)
+            if b.status == "planned":
+                await store.mark_sent(self.pool, b.id, b.signature)
+        # Height first: a status read afterwards that is still empty proves it can never land.
+        height = await self.backend.block_height()
+        statuses = await self.backend.signature_statuses([b.signature for b in batches if b.signature])
+        still_open = 0
+        for b, st in zip(batches, statuses, strict=True):
+            assert b.signature is not None and b.last_valid_block_height is not None
+            if st is not None:
+                if st.err is None:
+                    await self._confirmed(b, st.slot)
+                else:
+                    await self._release(b, "failed", f"landed with error {st.err}; nothing was minted")
+            elif height > b.last_valid_block_height:
+                if b.sign_attempts <= self.settings.tokenization.resign_attempts:
+                    await self._resign(b)
+                    still_open += 1
+                else:
+                    await self._release(b, "expired", f"blockhash expired unconfirmed {b.sign_attempts} times")
+            else:
+                still_open += 1
+        return still_open
+
+    async def _confirmed(self, b: store.OpenBatch, slot: int) -> None:
+        assert b.signature is not None
+        block_time = await self.backend.block_time(b.signature)
+        latencies = await store.confirm(self.pool, b.id, b.signature, slot, block_time)
+        if latencies is None:
+            return
+        metrics.BATCHES.labels(outcome="confirmed").inc()
+        metrics.MINTED_READINGS.inc(len(latencies))
+        metrics.MINTED_UNITS.inc(sum(b.amounts))
+        for value in latencies:
+            metrics.LATENCY.observe(max(value, 0.0))
+        log.info("batch %d confirmed: %d readings, %d wallets, tx %s slot %d", b.id, len(latencies),
+                 len(b.transfers), b.signature, slot)
+
+    async def _release(self, b: store.OpenBatch, outcome: str, error: str) -> None:
+        decisions = await store.release(self.pool, b.id, b.signature, status=outcome, error=error,
+                                        settings=self.settings.tokenization)
+        if decisions is None:
+            return
+        dead = sum(1 for d in decisions if d.dead_letter)
+        metrics.BATCHES.labels(outcome=outcome).inc()
+        if dead:
+            metrics.DEAD_LETTER.inc(dead)
+            metrics.ALERT.labels(name="dead_letter").set(1)
+        log.warning("batch %d %s (%s): %d readings to retry, %d dead-lettered", b.id, outcome, error,
+                    len(decisions) - dead, dead)
+
+    async def _resign(self, b: store.OpenBatch) -> None:
+        assert b.signature is not None
+        recent = await self.backend.latest_blockhash()
+        new = self._sign(b.id, b.transfers, recent)
+        if await store.resign(self.pool, b.id, b.signature, new):
+            metrics.BATCHES.labels(outcome="resigned").inc()
+            log.info("batch %d re-signed after blockhash expiry (attempt %d): %s", b.id, b.sign_attempts + 1,
+                     new.signature)
+
+    async def wait_for(self, batch_ids: Sequence[int], *, timeout: float) -> dict[int, str]:
+        """Drive until these batches leave the open states (manual mint); returns id → status."""
+        deadline = time.monotonic() + timeout
+        while True:
+            await self.drive()
+            rows = await self.pool.fetch("SELECT id, status FROM mint_batches WHERE id = ANY($1)", list(batch_ids))
+            result = {r["id"]: r["status"] for r in rows}
+            if all(s not in ("planned", "sent") for s in result.values()) or time.monotonic() > deadline:
+                return result
+            await asyncio.sleep(self.settings.chain.confirm_poll_secs)
+
+    async def refresh_metrics(self) -> None:
+        export(await read_status(self.pool))
+
+    # -- loop -------------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        tok = self.settings.tokenization
+        next_poll = 0.0
+        failures = 0
+        open_count = 0
+        while not stop.is_set():
+            try:
+                if tok.auto_mint_enabled and time.monotonic() >= next_poll:
+                    next_poll = time.monotonic() + tok.polling_interval_secs
+                    planned = await self.plan()
+                    if planned:
+                        log.debug("planned batches %s", planned)
+                    await self.refresh_metrics()
+                open_count = await self.drive()
+                failures = 0
+            except (ChainError, OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+                failures += 1
+                level = logging.WARNING if failures == 1 else logging.DEBUG
+                log.log(level, "minter pass failed (%s: %s); retrying", type(exc).__name__, exc)
+            if failures:
+                delay = min(0.5 * 2 ** min(failures, 6), 30.0)
+            elif open_count:
+                delay = self.settings.chain.confirm_poll_secs
+            else:
+                delay = max(0.0, next_poll - time.monotonic()) if tok.auto_mint_enabled else 1.0
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=max(delay, 0.01))
+        await self._drain()
+
+    async def _drain(self) -> None:
+        """On shutdown give in-flight batches a moment to confirm; whatever is left resumes next start."""
+        deadline = time.monotonic() + DRAIN_SECS
+        while time.monotonic() < deadline:
+            try:
+                if await self.drive() == 0:
+                    return
+            except (ChainError, OSError, asyncpg.PostgresError) as exc:
+                log.warning("drain stopped: %s", exc)
+                return
+            await asyncio.sleep(self.settings.chain.confirm_poll_secs)
+
+
+async def run_minter(settings: CloudSettings, stop: asyncio.Event) -> None:
+    """Entry point for `gridtokenx cloud run --role mint|all`: runs until `stop` is set."""
+    from cloud.chain.factory import open_backend
+    from cloud.db import create_pool
+
+    backend = await open_backend(settings)
+    try:
+        pool = await create_pool(settings.database_url)
+        try:
+            minter = Minter(pool, backend, settings)
+            log.info("minter started: mint %s, authority %s, backend %s, %d wallets per transaction",
+                     minter.identity.mint, minter.authority, settings.chain.backend, minter.max_wallets)
+            await minter.run(stop)
+        finally:
+            await pool.close()
+    finally:
+        await backend.close()
+
+

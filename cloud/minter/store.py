@@ -1,0 +1,249 @@
+"""Postgres side of the minter: claim readings, write batches ahead of sending, confirm, release.
+
+Every state change of a batch is a compare-and-swap on (status, signature), so two minters that
+drive the same batch cannot both re-sign it (only the signature that is in the row is ever sent)
+and a confirmation is applied exactly once, together with the ledger and the readings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from cloud.minter.planner import BatchPlan, MeterLedger, PendingReading
+from cloud.minter.retry import RetryDecision, after_failure
+from cloud.settings import TokenizationSettings
+
+MEMO_PREFIX = "gridtokenx:mint-batch:"
+
+# Oldest unminted readings of active meters whose retry time has come; rows other minters hold are skipped.
+_CLAIM = """
+SELECT r.id, r.meter_id, r.wallet_address, r.export_wh
+FROM meter_readings r
+JOIN meters m ON m.meter_id = r.meter_id
+LEFT JOIN minting_retry_queue q ON q.reading_id = r.id
+WHERE r.minted = FALSE AND r.mint_batch_id IS NULL AND m.status = 'active'
+  AND ($2::bigint[] IS NULL OR r.id = ANY($2))
+  AND ($3::text IS NULL OR r.meter_id = $3)
+  AND (q.id IS NULL OR $4 OR (NOT q.dead_lettered AND q.next_retry_at <= now()))
+ORDER BY r.id
+LIMIT $1
+FOR UPDATE OF r SKIP LOCKED
+"""
+
+
+def memo_for(batch_id: int) -> str:
+    return f"{MEMO_PREFIX}{batch_id}"
+
+
+def batch_id_from_memo(memo: str | None) -> int | None:
+    if not memo:
+        return None
+    text = memo.strip()
+    # RPC nodes report memos as "[len] text"; tolerate that form.
+    if text.startswith("[") and "] " in text:
+        text = text.split("] ", 1)[1]
+    if not text.startswith(MEMO_PREFIX):
+        return None
+    tail = text[len(MEMO_PREFIX):]
+    return int(tail) if tail.isdigit() else None
+
+
+@dataclass(frozen=True, slots=True)
+class SignedTx:
+    signature: str
+    raw: bytes
+    blockhash: str
+    last_valid_block_height: int
+
+
+@dataclass(frozen=True, slots=True)
+class OpenBatch:
+    id: int
+    status: str
+    memo: str
+    wallets: tuple[str, ...]
+    amounts: tuple[int, ...]
+    signature: str | None
+    tx_bytes: bytes | None
+    last_valid_block_height: int | None
+    sign_attempts: int
+    manual: bool
+
+    @property
+    def transfers(self) -> list[tuple[str, int]]:
+        return [(w, a) for w, a in zip(self.wallets, self.amounts, strict=True) if a > 0]
+
+
+Signer = Callable[[int, list[tuple[str, int]]], SignedTx]
+
+
+async def plan_batches(pool: asyncpg.Pool, *, limit: int, settings: TokenizationSettings, mint: str,
+                       authority: str, fits: Callable[[list[tuple[str, int]]], bool], sign: Signer,
+                       reading_ids: Sequence[int] | None = None, meter_id: str | None = None,
+                       manual: bool = False) -> list[int]:
+    """Claim readings, plan batches and write them (signed) in one transaction. Returns batch ids."""
+    from cloud.minter.planner import plan
+
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(_CLAIM, limit, list(reading_ids) if reading_ids is not None else None,
+                                meter_id, manual)
+        if not rows:
+            return []
+        meters = sorted({r["meter_id"] for r in rows})
+        await conn.execute("INSERT INTO meter_mint_ledger (meter_id) SELECT unnest($1::text[]) "
+                           "ON CONFLICT DO NOTHING", meters)
+        # A meter with an open batch, or whose ledger another minter is planning, waits.
+        free = await conn.fetch("SELECT meter_id, minted_wh, minted_units FROM meter_mint_ledger "
+                                "WHERE meter_id = ANY($1) AND open_batch_id IS NULL "
+                                "FOR UPDATE SKIP LOCKED", meters)
+        ledgers = {f["meter_id"]: MeterLedger(f["minted_wh"], int(f["minted_units"])) for f in free}
+        pending = [PendingReading(r["id"], r["meter_id"], r["wallet_address"], r["export_wh"])
+                   for r in rows if r["meter_id"] in ledgers]
+        plans = plan(pending, ledgers, ratio=settings.ratio, decimals=settings.decimals, fits=fits,
+                     max_batches=settings.max_batches_per_poll)
+        ids = []
+        for p in plans:
+            ids.append(await _write_batch(conn, p, mint=mint, authority=authority, sign=sign, manual=manual))
+        return ids
+
+
+async def _write_batch(conn: asyncpg.Connection, p: BatchPlan, *, mint: str, authority: str, sign: Signer,
+                       manual: bool) -> int:
+    batch_id = int(await conn.fetchval("SELECT nextval('mint_batches_id_seq')"))
+    transfers = p.transfers
+    signed = sign(batch_id, transfers) if transfers else None
+    wallets = list(p.wallet_amounts)
+    meters = list(p.meter_wh)
+    await conn.execute(
+        "INSERT INTO mint_batches (id, mint_address, authority, memo, reading_ids, reading_units, wallets,"
+        " amounts, meter_ids, meter_wh, meter_units, blockhash, last_valid_block_height, signature,"
+        " tx_bytes, sign_attempts, manual)"
+        " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17)",
+        batch_id, mint, authority, memo_for(batch_id), p.reading_ids, _dec(p.reading_units), wallets,
+        _dec([p.wallet_amounts[w] for w in wallets]), meters, [p.meter_wh[m] for m in meters],
+        _dec([p.meter_units[m] for m in meters]),
+        signed.blockhash if signed else None, signed.last_valid_block_height if signed else None,
+        signed.signature if signed else None, signed.raw if signed else None, 1 if signed else 0, manual)
+    if signed:
+        await conn.execute("INSERT INTO mint_batch_signatures (signature, batch_id, blockhash,"
+                           " last_valid_block_height) VALUES ($1,$2,$3,$4)",
+                           signed.signature, batch_id, signed.blockhash, signed.last_valid_block_height)
+    await conn.execute("UPDATE meter_readings SET mint_batch_id = $1 WHERE id = ANY($2)", batch_id, p.reading_ids)
+    await conn.execute("UPDATE meter_mint_ledger SET open_batch_id = $1, updated_at = now() "
+                       "WHERE meter_id = ANY($2)", batch_id, meters)
+    if not signed:
+        # Nothing to send (all dust): the batch is complete as written.
+        await _apply_confirmation(conn, batch_id, None, None, None)
+    return batch_id
+
+
+def _dec(values: Sequence[int]) -> list[Decimal]:
+    return [Decimal(v) for v in values]
+
+
+async def open_batches(pool: asyncpg.Pool, authority: str) -> list[OpenBatch]:
+    rows = await pool.fetch(
+        "SELECT id, status, memo, wallets, amounts, signature, tx_bytes, last_valid_block_height,"
+        " sign_attempts, manual FROM mint_batches WHERE status IN ('planned', 'sent') AND authority = $1"
+        " ORDER BY id", authority)
+    return [OpenBatch(r["id"], r["status"], r["memo"], tuple(r["wallets"]), tuple(int(a) for a in r["amounts"]),
+                      r["signature"], r["tx_bytes"], r["last_valid_block_height"], r["sign_attempts"],
+                      r["manual"]) for r in rows]
+
+
+async def mark_sent(pool: asyncpg.Pool, batch_id: int, signature: str) -> None:
+    await pool.execute(
+        "UPDATE mint_batches SET status = 'sent', send_count = send_count + 1,"
+        " sent_at = COALESCE(sent_at, now()), updated_at = now()"
+        " WHERE id = $1 AND signature = $2 AND status IN ('planned', 'sent')", batch_id, signature)
+
+
+async def resign(pool: asyncpg.Pool, batch_id: int, old_signature: str, new: SignedTx) -> bool:
+    """Replace an expired signature; False when someone else already changed the batch."""
+    async with pool.acquire() as conn, conn.transaction():
+        done = await conn.fetchval(
+            "UPDATE mint_batches SET status = 'planned', signature = $3, tx_bytes = $4, blockhash = $5,"
+            " last_valid_block_height = $6, sign_attempts = sign_attempts + 1, updated_at = now()"
+            " WHERE id = $1 AND signature = $2 AND status IN ('planned', 'sent') RETURNING id",
+            batch_id, old_signature, new.signature, new.raw, new.blockhash, new.last_valid_block_height)
+        if done is None:
+            return False
+        await conn.execute("INSERT INTO mint_batch_signatures (signature, batch_id, blockhash,"
+                           " last_valid_block_height) VALUES ($1,$2,$3,$4)",
+                           new.signature, batch_id, new.blockhash, new.last_valid_block_height)
+        return True
+
+
+async def confirm(pool: asyncpg.Pool, batch_id: int, signature: str, slot: int,
+                  block_time: int | None) -> list[float] | None:
+    """Apply a landed batch; returns per-reading latencies (s, ingest commit → now) or None if already done."""
+    async with pool.acquire() as conn, conn.transaction():
+        return await _apply_confirmation(conn, batch_id, signature, slot, block_time)
+
+
+async def _apply_confirmation(conn: asyncpg.Connection, batch_id: int, signature: str | None,
+                              slot: int | None, block_time: int | None) -> list[float] | None:
+    row = await conn.fetchrow(
+        "UPDATE mint_batches SET status = 'confirmed', slot = $3, block_time = to_timestamp($4),"
+        " confirmed_at = now(), updated_at = now(), error = NULL"
+        " WHERE id = $1 AND signature IS NOT DISTINCT FROM $2 AND status IN ('planned', 'sent')"
+        " RETURNING reading_ids, reading_units, meter_ids, meter_wh, meter_units",
+        batch_id, signature, slot, block_time)
+    if row is None:
+        return None
+    latencies = await conn.fetch(
+        "UPDATE meter_readings r SET minted = TRUE, mint_tx_signature = $2, mint_slot = $3,"
+        " mint_block_time = to_timestamp($4), minted_at = now(), updated_at = now(),"
+        " mint_base_units = u.units"
+        " FROM unnest($5::bigint[], $6::numeric[]) AS u(id, units)"
+        " WHERE r.id = u.id AND r.mint_batch_id = $1"
+        " RETURNING EXTRACT(EPOCH FROM (now() - r.submitted_at))::float8 AS latency",
+        batch_id, signature, slot, block_time, row["reading_ids"], row["reading_units"])
+    await conn.execute(
+        "UPDATE meter_mint_ledger l SET minted_wh = l.minted_wh + u.wh, minted_units = l.minted_units + u.units,"
+        " open_batch_id = NULL, updated_at = now()"
+        " FROM unnest($2::text[], $3::bigint[], $4::numeric[]) AS u(meter_id, wh, units)"
+        " WHERE l.meter_id = u.meter_id AND l.open_batch_id = $1",
+        batch_id, row["meter_ids"], row["meter_wh"], row["meter_units"])
+    await conn.execute("DELETE FROM minting_retry_queue WHERE reading_id = ANY($1)", row["reading_ids"])
+    return [float(r["latency"]) for r in latencies]
+
+
+async def release(pool: asyncpg.Pool, batch_id: int, signature: str | None, *, status: str, error: str,
+                  settings: TokenizationSettings) -> list[RetryDecision] | None:
+    """A batch that provably never landed: free its readings and meters, schedule the readings' retry."""
+    assert status in ("failed", "expired")
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            "UPDATE mint_batches SET status = $3, error = $4, updated_at = now()"
+            " WHERE id = $1 AND signature IS NOT DISTINCT FROM $2 AND status IN ('planned', 'sent')"
+            " RETURNING reading_ids", batch_id, signature, status, error[:2000])
+        if row is None:
+            return None
+        await conn.execute("UPDATE meter_readings SET mint_batch_id = NULL WHERE mint_batch_id = $1", batch_id)
+        await conn.execute("UPDATE meter_mint_ledger SET open_batch_id = NULL, updated_at = now()"
+                           " WHERE open_batch_id = $1", batch_id)
+        previous = {r["reading_id"]: r["attempts"] for r in await conn.fetch(
+            "SELECT reading_id, attempts FROM minting_retry_queue WHERE reading_id = ANY($1) FOR UPDATE",
+            row["reading_ids"])}
+        decisions = []
+        for rid in row["reading_ids"]:
+            d = after_failure(previous.get(rid, 0), settings)
+            decisions.append(d)
+            await conn.execute(
+                "INSERT INTO minting_retry_queue (reading_id, attempts, next_retry_at, error_message,"
+                " dead_lettered) VALUES ($1, $2, now() + make_interval(secs => $3), $4, $5)"
+                " ON CONFLICT (reading_id) DO UPDATE SET attempts = EXCLUDED.attempts,"
+                " next_retry_at = EXCLUDED.next_retry_at, error_message = EXCLUDED.error_message,"
+                " dead_lettered = EXCLUDED.dead_lettered, updated_at = now()",
+                rid, d.attempts, d.delay_seconds, f"batch {batch_id}: {error}"[:2000], d.dead_letter)
+        return decisions
+
+
+def as_row_dict(record: Any) -> dict[str, Any]:
+    return dict(record)
