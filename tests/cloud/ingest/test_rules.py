@@ -1,0 +1,121 @@
+"""The pure validation rules and the batch classification, without I/O."""
+
+from __future__ import annotations
+
+import hashlib
+
+import base58
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cloud.ingest.pipeline import StoredContext, classify, parse_items
+from cloud.ingest.registry import KeyRecord, MeterRecord
+from cloud.ingest.rules import Limits, RegisterPoint, check_reading, check_register
+from protocol.envelopes import Batch, BatchItem
+from protocol.reading import Reading
+from protocol.reasons import Reason
+from protocol.wire import secret_key_from_seed, sign_reading
+
+NOW = 1_800_000_000
+LIMITS = Limits(max_reading_wh=100_000, max_age_secs=7 * 86_400, clock_skew_secs=300)
+
+
+def reading(seq: int = 2, export_wh: int = 100, register: int | None = 1_100, *, end: int = NOW - 600,
+            length: int = 900) -> Reading:
+    return Reading(meter_id="m1", seq=seq, start=end - length, end=end, export_wh=export_wh,
+                   export_register_wh=register)
+
+
+def reason(r: Reading, capacity_w: int = 10_000, prev: RegisterPoint | None = None,
+           next_: RegisterPoint | None = None) -> Reason | None:
+    v = check_reading(r, capacity_w=capacity_w, limits=LIMITS, now=NOW, prev=prev, next_=next_)
+    return v.reason if v else None
+
+
+def test_each_rule_names_its_reason() -> None:
+    assert reason(reading()) is None
+    assert reason(reading(export_wh=-1)) == Reason.OUT_OF_RANGE
+    assert reason(reading(export_wh=100_001, register=200_000), capacity_w=10**9) == Reason.OUT_OF_RANGE
+    assert reason(reading(export_wh=100_000, register=200_000), capacity_w=10**9) is None  # the limit itself is fine
+    assert reason(reading(end=NOW - 7 * 86_400 - 1)) == Reason.TOO_OLD
+    assert reason(reading(end=NOW + 300)) is None
+    assert reason(reading(end=NOW + 301)) == Reason.IN_FUTURE
+
+
+def test_capacity_is_exact_integer_math() -> None:
+    # 1,200 W for 900 s is exactly 300 Wh.
+    assert reason(reading(export_wh=300, register=300), capacity_w=1_200) is None
+    assert reason(reading(export_wh=301, register=301), capacity_w=1_200) == Reason.CAPACITY_EXCEEDED
+
+
+def test_register_against_neighbours() -> None:
+    prev = RegisterPoint(1, 100, 1_000)
+    assert check_register(reading(2, 100, 1_100), prev, None) is None
+    assert check_register(reading(2, 100, 900), prev, None).reason == Reason.REGISTER_REGRESSION  # type: ignore[union-attr]
+    assert check_register(reading(2, 100, 1_150), prev, None).reason == Reason.REGISTER_MISMATCH  # type: ignore[union-attr]
+    # A gap in seq: the interval may not overlap energy already counted.
+    gap = RegisterPoint(1, 100, 1_000)
+    assert check_register(reading(5, 100, 1_500), gap, None) is None
+    assert check_register(reading(5, 600, 1_500), gap, None).reason == Reason.REGISTER_MISMATCH  # type: ignore[union-attr]
+    # A late reading must fit below the next one.
+    nxt = RegisterPoint(3, 100, 1_200)
+    assert check_register(reading(2, 100, 1_100), prev, nxt) is None
+    assert check_register(reading(2, 100, 1_300), None, nxt).reason == Reason.REGISTER_REGRESSION  # type: ignore[union-attr]
+    # No neighbour: the register cannot be below its own interval.
+    assert check_register(reading(1, 100, 50), None, None).reason == Reason.REGISTER_MISMATCH  # type: ignore[union-attr]
+    assert check_register(reading(1, 100, None), prev, None) is None  # legacy: no register, no rule
+
+
+@given(st.lists(st.integers(min_value=0, max_value=5_000), min_size=2, max_size=30), st.integers(0, 10**9))
+def test_consistent_series_always_pass_and_any_tamper_is_caught(deltas: list[int], base: int) -> None:
+    registers, total = [], base
+    for d in deltas:
+        total += d
+        registers.append(total)
+    points = [RegisterPoint(i + 1, d, r) for i, (d, r) in enumerate(zip(deltas, registers, strict=True))]
+    for i in range(1, len(points)):
+        r = reading(points[i].seq, deltas[i], registers[i])
+        assert check_register(r, points[i - 1], points[i + 1] if i + 1 < len(points) else None) is None
+    # Claiming one Wh more than the register moved is always caught.
+    r = reading(2, deltas[1] + 1, registers[1])
+    assert check_register(r, points[0], None) is not None
+
+
+def _meter(seed: bytes, *, status: str = "active", old: tuple[bytes, int] | None = None) -> tuple[MeterRecord, bytes]:
+    public, secret = secret_key_from_seed(hashlib.sha256(seed).digest())
+    keys = [KeyRecord(public, None)]
+    if old:
+        keys.append(KeyRecord(old[0], old[1]))
+    return MeterRecord("m1", base58.b58encode(b"w" * 32).decode(), "solar", 10_000, status, tuple(keys)), secret
+
+
+def test_classify_duplicates_claims_and_rotated_keys() -> None:
+    old_public, old_secret = secret_key_from_seed(hashlib.sha256(b"old").digest())
+    record, secret = _meter(b"new", old=(old_public, NOW - 1_000))
+    r1, r2, r3 = reading(1, 100, 1_000, end=NOW - 2_000), reading(2, 100, 1_100), reading(3, 100, 1_200)
+    items = [
+        BatchItem("m1", 1, sign_reading(r1, old_secret)),  # old key, interval ended before the rotation
+        BatchItem("m1", 2, sign_reading(r2, secret)),
+        BatchItem("m1", 2, sign_reading(r2, secret)),      # identical duplicate in the batch
+        BatchItem("m1", 3, sign_reading(r3, old_secret)),  # old key after the rotation
+        BatchItem("m1", 9, sign_reading(r3, secret)),      # claim ≠ payload
+    ]
+    batch = Batch(gateway_id="gw", batch_id="b", sent_at=NOW, items=items)
+    plan = classify(batch, parse_items(batch), {}, {"m1": record}.get, limits=LIMITS, now=NOW)
+    assert [(r.status, r.reason) for r in plan.results()] == [
+        ("accepted", None), ("accepted", None), ("duplicate", None), ("rejected", Reason.BAD_SIGNATURE),
+        ("rejected", Reason.MALFORMED)]
+
+
+def test_classify_uses_stored_context() -> None:
+    record, secret = _meter(b"k")
+    r2 = reading(2, 100, 1_100)
+    payload = sign_reading(r2, secret)
+    other = sign_reading(reading(2, 101, 1_101), secret)
+    batch = Batch(gateway_id="gw", batch_id="b", sent_at=NOW,
+                  items=[BatchItem("m1", 2, payload), BatchItem("m1", 3, sign_reading(reading(3, 50, 1_200), secret))])
+    stored = {("m1", 2): StoredContext(other, RegisterPoint(1, 100, 1_000), None)}
+    plan = classify(batch, parse_items(batch), stored, {"m1": record}.get, limits=LIMITS, now=NOW)
+    assert [(r.status, r.reason) for r in plan.results()] == [
+        ("rejected", Reason.EQUIVOCATION), ("rejected", Reason.SUSPENDED_METER)]
+    assert "m1" in plan.quarantine
