@@ -124,10 +124,13 @@ def _meters(conn: sqlite3.Connection) -> list[MeterSummary]:
     return out
 
 
-def _select(source: Source, flt: Filter, *, after_id: int, limit: int) -> tuple[str, list[object]]:
+def _select(source: Source, flt: Filter, *, after_id: int, limit: int,
+            with_payload: bool = False) -> tuple[str, list[object]]:
     table = table_of(source)
     where, params = flt.where(source)
-    sql = f"SELECT {_COLUMNS[table]} FROM {table} WHERE {where} AND id > ? ORDER BY id LIMIT ?"
+    # Drop records keep no payload (the bytes are gone with the reading).
+    payload = (", NULL" if table == "drops" else ", payload") if with_payload else ""
+    sql = f"SELECT {_COLUMNS[table]}{payload} FROM {table} WHERE {where} AND id > ? ORDER BY id LIMIT ?"
     return sql, [*params, after_id, limit]
 
 
@@ -151,9 +154,7 @@ def iter_rows(conn: sqlite3.Connection, flt: Filter, *, with_payload: bool = Fal
     for source in flt.sources:
         after = 0
         while True:
-            sql, params = _select(source, flt, after_id=after, limit=chunk)
-            if with_payload:
-                sql = sql.replace(" FROM ", ", payload FROM ", 1)
+            sql, params = _select(source, flt, after_id=after, limit=chunk, with_payload=with_payload)
             batch = conn.execute(sql, params).fetchall()
             for values in batch:
                 yield _row(values[:13]), (values[13] if with_payload else None)
