@@ -1,0 +1,157 @@
+"""Meter keys on disk: `sim keygen` writes them, `sim run` reads them.
+
+One `DIR/<meter_id>.key` per meter (mode 0600, a `protocol.keys.MeterKey` JSON) and `DIR/meters.csv`,
+the registry export that `gridtokenx cloud meters import` and the broker credential generator read.
+Keys are never regenerated: keygen only adds meters that do not exist yet.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import base58
+from solders.keypair import Keypair
+
+from protocol.keys import MeterKey, decode_key, encode_key
+from protocol.wire import secret_key_from_seed
+from simulator.models import CAPACITY_RANGE_W, MIX, MeterType, unit
+
+CSV_NAME = "meters.csv"
+CSV_HEADER = ("meter_id", "public_key", "wallet_address", "meter_type", "capacity_w")
+KEY_SUFFIX = ".key"
+
+
+class KeyStoreError(ValueError):
+    """The key directory is missing, unreadable or inconsistent; the message says how to fix it."""
+
+
+def meter_id_for(index: int) -> str:
+    return f"M-{index:05d}"
+
+
+def type_plan(types: str) -> list[MeterType]:
+    """`mix` or a comma list of meter types; raises KeyStoreError for an unknown name."""
+    if types == "mix":
+        return []
+    plan: list[MeterType] = []
+    for name in types.split(","):
+        try:
+            plan.append(MeterType(name.strip()))
+        except ValueError as exc:
+            known = ", ".join(t.value for t in MeterType)
+            raise KeyStoreError(f"unknown meter type {name!r}: use mix or a comma list of {known}") from exc
+    return plan
+
+
+def _type_for(index: int, plan: list[MeterType], seed: int) -> MeterType:
+    if plan:
+        return plan[(index - 1) % len(plan)]
+    u, acc = unit(seed, index, 0x7E), 0.0
+    for meter_type, share in MIX:
+        acc += share
+        if u < acc:
+            return meter_type
+    return MIX[-1][0]
+
+
+def new_key(index: int, *, plan: list[MeterType], seed: int | None) -> MeterKey:
+    """A fresh meter key. With `seed` it is derived deterministically (dev and tests only)."""
+    meter_id = meter_id_for(index)
+
+    def material(label: str, size: int) -> bytes:
+        if seed is None:
+            return secrets.token_bytes(size)
+        return hashlib.sha256(f"gridtokenx-sim/{seed}/{label}/{meter_id}".encode()).digest()[:size]
+
+    public, _ = secret_key_from_seed(material("ed25519", 32))
+    meter_type = _type_for(index, plan, seed or 0)
+    low, high = CAPACITY_RANGE_W[meter_type]
+    capacity = low + int(unit(seed or secrets.randbits(32), index, 0xCA) * (high - low)) // 100 * 100
+    return MeterKey(
+        meter_id=meter_id,
+        secret_seed=base58.b58encode(material("ed25519", 32)).decode(),
+        public_key=base58.b58encode(public).decode(),
+        mqtt_password=base58.b58encode(material("mqtt", 18)).decode(),
+        wallet_address=str(Keypair.from_seed(material("wallet", 32)).pubkey()),
+        meter_type=meter_type.value,
+        capacity_w=capacity,
+    )
+
+
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_keys(directory: Path) -> list[MeterKey]:
+    """Every key in `directory`, sorted by meter_id."""
+    if not directory.is_dir():
+        raise KeyStoreError(f"key directory {directory} does not exist: create it with "
+                            f"`gridtokenx sim keygen --meters N --out {directory}`")
+    keys: list[MeterKey] = []
+    for path in sorted(directory.glob(f"*{KEY_SUFFIX}")):
+        try:
+            key = decode_key(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise KeyStoreError(f"key file {path} is unreadable or not a meter key ({exc}); "
+                                "restore it from backup or remove it") from exc
+        if path.name != f"{key.meter_id}{KEY_SUFFIX}":
+            raise KeyStoreError(f"key file {path} holds meter {key.meter_id}; rename it to "
+                                f"{key.meter_id}{KEY_SUFFIX}")
+        keys.append(key)
+    if not keys:
+        raise KeyStoreError(f"no meter keys in {directory}: run `gridtokenx sim keygen --meters N --out {directory}`")
+    return keys
+
+
+def registry_csv(keys: list[MeterKey]) -> bytes:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_HEADER)
+    for k in keys:
+        writer.writerow((k.meter_id, k.public_key, k.wallet_address, k.meter_type, k.capacity_w))
+    return out.getvalue().encode()
+
+
+@dataclass(frozen=True, slots=True)
+class KeygenResult:
+    directory: Path
+    created: list[str]
+    existing: int
+
+    @property
+    def total(self) -> int:
+        return self.existing + len(self.created)
+
+
+def keygen(directory: Path, meters: int, *, types: str = "mix", seed: int | None = None) -> KeygenResult:
+    """Make sure `directory` holds keys for meters 1..`meters`; never touches an existing key file."""
+    if meters < 1:
+        raise KeyStoreError("--meters must be at least 1")
+    plan = type_plan(types)
+    directory.mkdir(parents=True, exist_ok=True)
+    existing = {p.name.removesuffix(KEY_SUFFIX) for p in directory.glob(f"*{KEY_SUFFIX}")}
+    created: list[str] = []
+    for index in range(1, meters + 1):
+        meter_id = meter_id_for(index)
+        if meter_id in existing:
+            continue
+        path = directory / f"{meter_id}{KEY_SUFFIX}"
+        # O_EXCL: a key file that appeared meanwhile (another keygen) is never overwritten.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(encode_key(new_key(index, plan=plan, seed=seed)))
+        created.append(meter_id)
+    _write_atomic(directory / CSV_NAME, registry_csv(load_keys(directory)), 0o644)
+    return KeygenResult(directory=directory, created=created, existing=len(existing))
