@@ -69,7 +69,8 @@ def build_known(path: Path, *, now: float | None = None) -> Known:
         conn.execute("UPDATE readings SET first_sent_at = ?, last_sent_at = ? WHERE batch_id IS NOT NULL",
                      (now - 240, now - 200))
         conn.executemany(
-            "INSERT INTO quarantine (topic, payload, meter_id, seq, reason, detail, received_at) VALUES (?,?,?,?,?,?,?)",
+            "INSERT INTO quarantine (topic, payload, meter_id, seq, reason, detail, received_at) "
+            "VALUES (?,?,?,?,?,?,?)",
             [("meters/m00009/readings", b"junk", "m00009", None, Reason.MALFORMED.value, "no LF", now - 500),
              ("meters/m00002/readings", requeueable, m2.meter_id, 7, Reason.BAD_SIGNATURE.value, "pre-check",
               now - 400)])
