@@ -60,6 +60,9 @@ class ChainSettings:
     rpc_timeout_secs: float = field(default=10.0, metadata={"env": "SOLANA_RPC_TIMEOUT_SECS"})
     confirm_poll_secs: float = field(default=0.4, metadata={"env": "GRIDTOKENX_CONFIRM_POLL_SECS"})
     """How often open batches are checked for confirmation and rebroadcast."""
+    embedded_slot_secs: float = field(default=0.4, metadata={"env": "GRIDTOKENX_EMBEDDED_SLOT_SECS"})
+    embedded_blockhash_ttl: int = field(default=150, metadata={"env": "GRIDTOKENX_EMBEDDED_BLOCKHASH_TTL"})
+    """Embedded chain: wall-clock slot length and blockhash lifetime in slots (mainnet: 0.4 s, 150)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,35 +9,57 @@ minter per state_dir (localnet is the shared, multi-process variant).
 
 from __future__ import annotations
 
+import fcntl
+import os
 from pathlib import Path
 
 from solders.pubkey import Pubkey
 from solders.transaction import VersionedTransaction
 
 from cloud.chain.base import (
+    ChainError,
     MintIdentity,
     RecentBlockhash,
     SendRefused,
     SignatureInfo,
     SignatureStatus,
 )
-from cloud.chain.svm import SvmLedger, TxRefused
+from cloud.chain.svm import DEFAULT_BLOCKHASH_TTL, SvmLedger, TxRefused
 from cloud.chain.tokens import decode_mint_supply, decode_token_amount
 
 LEDGER_FILE = "ledger.jsonl"
+LOCK_FILE = "ledger.lock"
+
+
+class ChainBusy(ChainError):
+    """Another process holds this embedded chain."""
 
 
 class EmbeddedBackend:
     identity: MintIdentity
 
-    def __init__(self, state_dir: Path | None) -> None:
-        self.ledger = SvmLedger(journal=state_dir / LEDGER_FILE if state_dir else None)
+    def __init__(self, state_dir: Path | None, *, slot_secs: float = 0.4,
+                 blockhash_ttl: int = DEFAULT_BLOCKHASH_TTL) -> None:
+        self._lock_fd: int | None = None
+        if state_dir is not None:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as exc:
+                os.close(fd)
+                raise ChainBusy(f"the embedded chain in {state_dir} is in use by another process (a running "
+                                "minter); talk to that process, or use GRIDTOKENX_CHAIN_BACKEND=rpc") from exc
+            self._lock_fd = fd
+        self.ledger = SvmLedger(journal=state_dir / LEDGER_FILE if state_dir else None,
+                                blockhash_ttl=blockhash_ttl, slot_secs=slot_secs)
 
     async def latest_blockhash(self) -> RecentBlockhash:
         blockhash, last_valid = self.ledger.latest_blockhash()
         return RecentBlockhash(blockhash, last_valid)
 
     async def block_height(self) -> int:
+        self.ledger.tick()
         return self.ledger.block_height
 
     async def send(self, raw: bytes) -> None:
@@ -82,5 +104,8 @@ class EmbeddedBackend:
 
     async def close(self) -> None:
         self.ledger.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
 
 

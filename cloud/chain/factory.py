@@ -13,7 +13,8 @@ async def open_backend(settings: CloudSettings) -> ChainBackend:
     if chain.backend == "embedded":
         from cloud.chain.embedded import EmbeddedBackend
 
-        backend = EmbeddedBackend(chain.state_dir)
+        backend = EmbeddedBackend(chain.state_dir, slot_secs=chain.embedded_slot_secs,
+                                  blockhash_ttl=chain.embedded_blockhash_ttl)
     elif chain.backend == "rpc":
         from cloud.chain.rpc import RpcBackend
 

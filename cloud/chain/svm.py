@@ -67,7 +67,10 @@ def memo_of(tx: VersionedTransaction) -> str | None:
 class SvmLedger:
     """Thread-safe wrapper; localnet serves it from an executor, the embedded backend calls it inline."""
 
-    def __init__(self, *, journal: Path | None = None, blockhash_ttl: int = DEFAULT_BLOCKHASH_TTL) -> None:
+    def __init__(self, *, journal: Path | None = None, blockhash_ttl: int = DEFAULT_BLOCKHASH_TTL,
+                 slot_secs: float = 0.4) -> None:
+        self.slot_secs = slot_secs
+        self._last_tick = time.monotonic()
         self.svm = LiteSVM().with_blockhash_check(False).with_transaction_history(0)
         self.blockhash_ttl = blockhash_ttl
         self.block_height = 0
@@ -109,7 +112,21 @@ class SvmLedger:
                 self.block_height += 1
                 self._new_block()
 
+    def tick(self) -> None:
+        """Advance one block per `slot_secs` of wall time, so unlanded blockhashes expire on time."""
+        with self._lock:
+            now = time.monotonic()
+            blocks = int((now - self._last_tick) / self.slot_secs)
+            if blocks <= 0:
+                return
+            self._last_tick += blocks * self.slot_secs
+            if blocks > 2:
+                self.block_height += blocks - 1  # skipped blocks need no hash of their own
+                self.slot += blocks - 1
+            self.advance(1)
+
     def latest_blockhash(self) -> tuple[Hash, int]:
+        self.tick()
         with self._lock:
             return self._latest, self._blockhashes[self._latest]
 
@@ -122,6 +139,7 @@ class SvmLedger:
     def process(self, tx: VersionedTransaction, *, simulate_only: bool = False) -> TxRecord:
         """Execute `tx` once. Raises TxRefused when it cannot land; returns the record (err set when the
         transaction landed but failed, as a real cluster charges the fee and keeps the status)."""
+        self.tick()
         with self._lock:
             sig = str(tx.signatures[0])
             if sig in self.history:
@@ -219,7 +237,7 @@ class SvmLedger:
 
 def _landed_with_error(err: str) -> bool:
     """Instruction errors land (fee charged, status kept); sanitisation/signature/blockhash ones do not."""
-    return err.startswith("InstructionError")
+    return "InstructionError" in err
 
 
 def _record_json(r: TxRecord) -> dict[str, object]:

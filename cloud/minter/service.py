@@ -33,6 +33,7 @@ from cloud.settings import CloudSettings
 log = logging.getLogger(__name__)
 
 DRAIN_SECS = 10.0
+MANUAL_LIMIT = 100_000
 
 
 class Minter:
@@ -147,6 +148,14 @@ class Minter:
                 return result
             await asyncio.sleep(self.settings.chain.confirm_poll_secs)
 
+    async def serve_requests(self) -> None:
+        """Manual `cloud mint` requests, served whether or not auto-mint is on."""
+        for req in await store.pending_requests(self.pool):
+            batch_ids = await self.plan(reading_ids=req.reading_ids, meter_id=req.meter_id, manual=True,
+                                        limit=MANUAL_LIMIT)
+            await store.mark_request_served(self.pool, req.id, batch_ids)
+            log.info("manual mint request %d: batches %s", req.id, batch_ids)
+
     async def refresh_metrics(self) -> None:
         export(await read_status(self.pool))
 
@@ -164,6 +173,10 @@ class Minter:
                     if planned:
                         log.debug("planned batches %s", planned)
                     await self.refresh_metrics()
+                elif not tok.auto_mint_enabled and time.monotonic() >= next_poll:
+                    next_poll = time.monotonic() + tok.polling_interval_secs
+                    await self.refresh_metrics()
+                await self.serve_requests()
                 open_count = await self.drive()
                 failures = 0
             except (ChainError, OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
@@ -175,7 +188,8 @@ class Minter:
             elif open_count:
                 delay = self.settings.chain.confirm_poll_secs
             else:
-                delay = max(0.0, next_poll - time.monotonic()) if tok.auto_mint_enabled else 1.0
+                # Manual requests are looked for at least every second.
+                delay = min(max(0.0, next_poll - time.monotonic()), 1.0)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=max(delay, 0.01))
         await self._drain()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+
 
 import asyncpg
 
@@ -245,5 +245,26 @@ async def release(pool: asyncpg.Pool, batch_id: int, signature: str | None, *, s
         return decisions
 
 
-def as_row_dict(record: Any) -> dict[str, Any]:
-    return dict(record)
+
+
+@dataclass(frozen=True, slots=True)
+class MintRequest:
+    id: int
+    reading_ids: tuple[int, ...] | None
+    meter_id: str | None
+
+
+async def request_mint(pool: asyncpg.Pool, *, reading_ids: Sequence[int] | None, meter_id: str | None) -> int:
+    return int(await pool.fetchval("INSERT INTO mint_requests (reading_ids, meter_id) VALUES ($1, $2) RETURNING id",
+                                   list(reading_ids) if reading_ids else None, meter_id))
+
+
+async def pending_requests(pool: asyncpg.Pool) -> list[MintRequest]:
+    rows = await pool.fetch("SELECT id, reading_ids, meter_id FROM mint_requests WHERE served_at IS NULL ORDER BY id")
+    return [MintRequest(r["id"], tuple(r["reading_ids"]) if r["reading_ids"] else None, r["meter_id"])
+            for r in rows]
+
+
+async def mark_request_served(pool: asyncpg.Pool, request_id: int, batch_ids: Sequence[int]) -> None:
+    await pool.execute("UPDATE mint_requests SET served_at = now(), batch_ids = $2 WHERE id = $1",
+                       request_id, list(batch_ids))

@@ -1,0 +1,151 @@
+"""`gridtokenx cloud {mint,why,reconcile,status}`: the minter's admin commands."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+import click
+
+from cloud.chain.base import ChainError
+from cloud.settings import CloudSettings
+from gridtokenx.config import ConfigError, load
+
+T = TypeVar("T")
+
+_config = click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
+                       help="cloud YAML settings file (environment variables override it)")
+_db = click.option("--database-url", default=None, help="PostgreSQL URL [env DATABASE_URL]")
+_json = click.option("--json", "as_json", is_flag=True, help="print one JSON document")
+
+
+def _settings(config_path: Path | None, database_url: str | None) -> CloudSettings:
+    try:
+        return load(CloudSettings, config_path, overrides={"database_url": database_url})
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _run(factory: Callable[[], Awaitable[T]], settings: CloudSettings) -> T:
+    try:
+        return asyncio.run(factory())  # type: ignore[arg-type]
+    except (OSError, asyncpg.InvalidCatalogNameError, asyncpg.InvalidPasswordError) as exc:
+        raise click.ClickException(f"cannot reach the database at {settings.database_url} ({exc}); start "
+                                   "PostgreSQL or set DATABASE_URL") from exc
+    except asyncpg.UndefinedTableError as exc:
+        raise click.ClickException(f"the database is not migrated ({exc}); run `gridtokenx cloud migrate`") from exc
+    except ChainError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _emit(doc: dict[str, Any]) -> None:
+    click.echo(json.dumps(doc, indent=2, default=str))
+
+
+# -- mint ------------------------------------------------------------------------------------
+@click.command(help="Mint now: the given readings, or every unminted reading of one meter. Works with "
+               "auto-mint off (the seed's phases 1-2) and for dead-lettered readings. If a minter is "
+               "running it serves the request; otherwise this command talks to the chain itself.")
+@click.option("--reading", "reading_ids", type=int, multiple=True, help="meter_readings.id (repeatable)")
+@click.option("--meter", "meter_id", help="mint all unminted readings of this meter")
+@click.option("--timeout", default=60.0, show_default=True, help="seconds to wait for confirmation")
+@_config
+@_db
+@_json
+def mint(reading_ids: tuple[int, ...], meter_id: str | None, timeout: float, config_path: Path | None,
+         database_url: str | None, as_json: bool) -> None:
+    if bool(reading_ids) == bool(meter_id):
+        raise click.UsageError("give --reading ID (one or more) or --meter METER_ID, not both")
+    settings = _settings(config_path, database_url)
+    from cloud.minter.admin import manual_mint
+
+    result = _run(lambda: manual_mint(settings, reading_ids=reading_ids or None, meter_id=meter_id,
+                                      timeout=timeout), settings)
+    if as_json:
+        _emit(result.to_json())
+    else:
+        click.echo(result.describe())
+    if not result.complete:
+        sys.exit(1)
+
+
+# -- why -------------------------------------------------------------------------------------
+@click.command(help="Say where a reading is: rejected (reason), waiting, in batch X, minted in tx S at "
+               "slot N, in the retry queue (next attempt at T) or dead-lettered. READING is a "
+               "meter_readings id or METER_ID:SEQ.")
+@click.argument("reading")
+@_config
+@_db
+@_json
+def why(reading: str, config_path: Path | None, database_url: str | None, as_json: bool) -> None:
+    settings = _settings(config_path, database_url)
+    from cloud.minter.admin import explain
+
+    answer = _run(lambda: explain(settings, reading), settings)
+    if as_json:
+        _emit(answer.to_json())
+    else:
+        click.echo(answer.text)
+    if answer.state == "unknown":
+        sys.exit(1)
+
+
+# -- reconcile -------------------------------------------------------------------------------
+@click.command(help="Compare per-wallet on-chain balances and the mint's supply with the database, and "
+               "scan the mint authority's transactions for batches that landed but are not recorded. "
+               "Exit code 1 on any drift.")
+@click.option("--fix", is_flag=True, help="record landed-but-unrecorded batches as confirmed")
+@_config
+@_db
+@_json
+def reconcile(fix: bool, config_path: Path | None, database_url: str | None, as_json: bool) -> None:
+    settings = _settings(config_path, database_url)
+    from cloud.minter.admin import run_reconcile
+
+    first, final = _run(lambda: run_reconcile(settings, fix=fix), settings)
+    if as_json:
+        _emit({"report": first.to_json(), "after_fix": final.to_json() if final is not first else None})
+    else:
+        from cloud.minter.admin import describe_report
+
+        click.echo(describe_report(first))
+        if final is not first:
+            click.echo("\nafter --fix:\n" + describe_report(final))
+    if not final.clean:
+        sys.exit(1)
+
+
+# -- status ----------------------------------------------------------------------------------
+@click.command(help="The seed guide's four key minting metrics with its alert thresholds (backlog > 100, "
+               "success < 95 %, average latency > 120 s, retry queue > 50). Exit code 2 when an alert fires.")
+@_config
+@_db
+@_json
+def status(config_path: Path | None, database_url: str | None, as_json: bool) -> None:
+    settings = _settings(config_path, database_url)
+    from cloud.minter.status import read_status
+
+    async def read() -> Any:
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            return await read_status(conn)
+        finally:
+            await conn.close()
+
+    st = _run(read, settings)
+    if as_json:
+        _emit(st.to_json())
+    else:
+        from cloud.minter.admin import describe_status
+
+        click.echo(describe_status(st))
+    if any(st.alerts.values()):
+        sys.exit(2)
+
+
+COMMANDS: list[click.Command] = [mint, why, reconcile, status]
