@@ -93,11 +93,8 @@ def render_config(role: Role, *, workdir: Path, port: int, tls_port: int | None 
             else:
                 out.append(f"listener {port} 127.0.0.1")
             continue
-        if in_tls and tls_port is None and words and words[0] in (
-            "protocol", "cafile", "certfile", "keyfile", "tls_version", "require_certificate",
-            "use_identity_as_username",
-        ):
-            continue
+        if in_tls and tls_port is None:
+            continue  # the TLS listener's own settings (listeners come last in broker-config/)
         if words and words[0] in replacements:
             out.append(f"{words[0]} {replacements[words[0]]}")
             continue

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gridtokenx.brokers import free_port, generate_dev_certs
+from gridtokenx.brokers import free_port, generate_dev_certs, render_config
 from tests.brokers.probe import CLOSED, Probe, Received
 
 
@@ -55,3 +55,46 @@ def test_queued_reading_survives_a_graceful_broker_restart(broker_factory) -> No
     with Probe(broker.host, broker.port, "edge-agent", broker.users["edge-agent"], **session) as agent:  # type: ignore[arg-type]
         assert agent.connect() == 0
         assert agent.next_message() == Received("meters/m1/readings", b"reading while agent away")
+
+
+def test_on_the_tls_listener_a_meter_cannot_take_over_the_agents_session(broker_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    certs = generate_dev_certs(tmp_path / "certs")
+    broker = broker_factory("edge", {"m1": "p1"}, tls_port=free_port(), certs_dir=certs)
+    assert broker.tls_port is not None
+    session = {"client_id": "edge-agent-gw1", "v5": False, "clean": False}
+    with Probe(broker.host, broker.port, "edge-agent", broker.users["edge-agent"], **session) as agent:  # type: ignore[arg-type]
+        assert agent.connect() == 0
+        assert agent.subscribe("meters/+/readings") == 1
+    with Probe(broker.host, broker.tls_port, "m1", "p1", ca=certs / "ca.crt") as meter:
+        assert meter.connect() == 0
+        assert meter.publish("meters/m1/readings", b"queued for the agent") == 0
+    # The meter claims the agent's client id: on 8883 its client id is its username, so the
+    # agent's session (and the queued reading) is untouched.
+    with Probe(broker.host, broker.tls_port, "m1", "p1", ca=certs / "ca.crt", **session) as thief:  # type: ignore[arg-type]
+        assert thief.connect() == 0
+        thief.barrier()
+        assert thief.drained() == []
+    with Probe(broker.host, broker.port, "edge-agent", broker.users["edge-agent"], **session) as agent:  # type: ignore[arg-type]
+        assert agent.connect() == 0
+        assert agent.next_message() == Received("meters/m1/readings", b"queued for the agent")
+
+
+@pytest.mark.parametrize("role", ["edge", "cloud"])
+def test_local_config_keeps_tls_settings_inside_the_tls_listener(role: str, tmp_path: Path) -> None:
+    def sections(conf: Path) -> list[list[str]]:
+        out: list[list[str]] = [[]]
+        for line in conf.read_text().splitlines():
+            if line.startswith("listener "):
+                out.append([])
+            if line and not line.startswith("#"):
+                out[-1].append(line.split()[0])
+        return out
+
+    plain = sections(render_config(role, workdir=tmp_path / "plain", port=1234))  # type: ignore[arg-type]
+    assert len(plain) == 2
+    assert not {"cafile", "certfile", "keyfile", "use_username_as_clientid"} & set(plain[0] + plain[1])
+    tls = sections(render_config(role, workdir=tmp_path / "tls", port=1234, tls_port=1235,  # type: ignore[arg-type]
+                                 certs_dir=tmp_path))
+    assert len(tls) == 3
+    assert {"cafile", "certfile", "keyfile", "use_username_as_clientid"} <= set(tls[2])
+    assert "use_username_as_clientid" not in tls[1]  # the plain listener: client ids are free
