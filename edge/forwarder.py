@@ -126,11 +126,14 @@ class Forwarder:
         self._m.cloud_connected.set(1 if up else 0)
 
     async def _session(self, client: aiomqtt.Client) -> None:
-        # Batches in flight before a reconnect go again first, in order (same ids, same rows).
-        for flight in sorted(self._inflight.values(), key=lambda f: f.first_sent):
-            await self._publish(client, flight, resend=True)
+        # The ack reader runs first: when the connection drops its iterator raises at once, and the
+        # TaskGroup cancels any publish still waiting for a PUBACK that will never come.
         async with asyncio.TaskGroup() as tg:
             acks = tg.create_task(self._receive_acks(client))
+            # Batches in flight before a reconnect go again first, in order (same ids, same rows).
+            for flight in sorted(self._inflight.values(), key=lambda f: f.first_sent):
+                if flight.batch_id in self._inflight:
+                    await self._publish(client, flight, resend=True)
             resends = tg.create_task(self._resend_due(client))
             await self._send_new(client)
             acks.cancel()

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
-from paho.mqtt.enums import CallbackAPIVersion
 
 from gridtokenx.config import BrokerURL
 from protocol.topics import METER_READINGS_FILTER

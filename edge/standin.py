@@ -99,19 +99,28 @@ class StandinCloud:
                                           clean_session=False, timeout=10) as client:
                     await client.subscribe(topics.SHARED_BATCHES_FILTER, qos=1)
                     self.connected.set()
-                    consume = asyncio.create_task(self._consume(client))
-                    stop = asyncio.create_task(self._stop.wait())
-                    await asyncio.wait({consume, stop}, return_when=asyncio.FIRST_COMPLETED)
-                    for t in (consume, stop):
-                        t.cancel()
-                        with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                            await t
-            except aiomqtt.MqttError:
+                    outbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+                    # Acks go out from their own task: when the connection drops, the iterator raises at
+                    # once and the TaskGroup cancels a publish that would otherwise wait for its timeout.
+                    async with asyncio.TaskGroup() as tg:
+                        consume = tg.create_task(self._consume(client, outbox))
+                        send = tg.create_task(self._send(client, outbox))
+                        await self._stop.wait()
+                        consume.cancel()
+                        send.cancel()
+            except* aiomqtt.MqttError:
                 self.connected.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), 0.3)
+                    await asyncio.wait_for(self._stop.wait(), 0.2)
 
-    async def _consume(self, client: aiomqtt.Client) -> None:
+    async def _send(self, client: aiomqtt.Client, outbox: asyncio.Queue[tuple[str, bytes]]) -> None:
+        while True:
+            topic, payload = await outbox.get()
+            await client.publish(topic, payload, qos=1)
+            with self.seen.lock:
+                self.seen.acks_sent += 1
+
+    async def _consume(self, client: aiomqtt.Client, outbox: asyncio.Queue[tuple[str, bytes]]) -> None:
         async for message in client.messages:
             assert isinstance(message.payload, bytes)
             try:
@@ -141,10 +150,8 @@ class StandinCloud:
                         if self.keep_payloads:
                             s.payloads[key] = item.payload
             if self.ack:
-                await client.publish(topics.acks(batch.gateway_id),
-                                     encode(Ack(batch.gateway_id, batch.batch_id, results)), qos=1)
-                with self.seen.lock:
-                    self.seen.acks_sent += 1
+                outbox.put_nowait((topics.acks(batch.gateway_id),
+                                   encode(Ack(batch.gateway_id, batch.batch_id, results))))
 
 
 @dataclass(frozen=True)
