@@ -96,7 +96,7 @@ def _fault_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--fleet-password", help="Its password.")
 @click.option("--ca-file", type=click.Path(path_type=Path, dir_okay=False), help="CA for mqtts://.")
 @click.option("--window", type=click.IntRange(min=1), help="QoS 1 publishes in flight per connection.  "
-                                                            "[default: 64]")
+                                                            "[default: 8; 256 with --connections]")
 @click.option("--max-buffer", type=click.IntRange(min=1), help="Messages a meter keeps while offline.  "
                                                                 "[default: 2880]")
 @click.option("--state", type=click.Path(path_type=Path, dir_okay=False),

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, replace
 from typing import Literal
 
+import msgspec
 from solders.signature import Signature
 
 from protocol import legacy, topics
@@ -119,7 +120,7 @@ class Meter:
         if Fault.REPLAY in drawn:
             out.append(replace(good, fault=Fault.REPLAY))
         if Fault.EQUIVOCATION in drawn:
-            other = replace(reading, export_wh=export_wh + 1,
+            other = msgspec.structs.replace(reading, export_wh=export_wh + 1,
                             export_register_wh=self.state.export_register_wh + 1)
             out.append(self._outgoing(other, self._sign(other), Fault.EQUIVOCATION))
         return out
@@ -163,7 +164,7 @@ class Meter:
         reading = Reading(meter_id=self.meter_id, seq=self.state.seq, start=start, end=end, export_wh=energy,
                           export_register_wh=register - 1 if fault is Fault.REGISTER_REGRESSION else register)
         if fault is Fault.REGISTER_REGRESSION:
-            reading = replace(reading, export_wh=0)
+            reading = msgspec.structs.replace(reading, export_wh=0)
         if fault is Fault.WRONG_KEY:
             payload = self._sign(reading, secret=secret_key_from_seed(os.urandom(32))[1])
         elif fault is Fault.BAD_SIGNATURE:

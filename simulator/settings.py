@@ -37,8 +37,8 @@ class BrokerSettings:
     fleet_password: str | None = None
     ca_file: Path | None = None
     """CA certificate for mqtts:// (default: the system's trust store)."""
-    window: int = 64
-    """QoS 1 publishes in flight per connection."""
+    window: int | None = None
+    """QoS 1 publishes in flight per connection (default 8 per meter connection, 256 per fleet one)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +117,7 @@ class SimSettings:
         if self.multiplexed and not (self.broker.fleet_user and self.broker.fleet_password):
             raise ConfigError("--connections K needs --fleet-user and --fleet-password (a broker user "
                               "allowed to write meters/+/readings, e.g. sim-fleet)")
-        if self.broker.window < 1:
+        if self.broker.window is not None and self.broker.window < 1:
             raise ConfigError("--window must be at least 1")
         try:
             self.faults.check()

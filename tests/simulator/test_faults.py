@@ -1,0 +1,112 @@
+"""Fault injection: what a subscriber sees matches, kind by kind, what the report says was injected."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import pytest
+
+from protocol.reading import Reading
+from protocol.wire import parse_payload
+from simulator.faults import Fault, FaultRates
+from simulator.fleet import run_fleet
+from tests.simulator.checks import classify, registry
+from tests.simulator.conftest import Fleet, finish, subscriber
+
+DAY = 86_400
+MAX_WH = 100_000
+
+
+def judge(messages: list[tuple[str, bytes]], keys: dict[str, bytes]) -> tuple[Counter[str], dict[str, set[tuple[str, int]]],
+                                                                         dict[str, dict[int, Reading]]]:
+    """A miniature of the cloud's rules, in arrival order: structure, signature, identity, range,
+    time window, register. Returns counts by reason, keys by reason, and every reading by meter/seq."""
+    now = time.time()
+    counts: Counter[str] = Counter()
+    by_reason: dict[str, set[tuple[str, int]]] = {}
+    seen: dict[tuple[str, int], bytes] = {}
+    last_register: dict[str, int] = {}
+    readings: dict[str, dict[int, Reading]] = {}
+    for topic, payload in messages:
+        reason = classify(topic, payload, keys)
+        reading = None if reason in ("malformed", "oversized") else parse_payload(payload).reading
+        if reason == "ok":
+            assert reading is not None
+            if reading.key in seen:
+                reason = "duplicate" if seen[reading.key] == payload else "equivocation"
+            elif not 0 <= reading.export_wh <= MAX_WH:
+                reason = "out_of_range"
+            elif reading.end > now + 300:
+                reason = "in_future"
+            elif reading.end < now - 7 * DAY:
+                reason = "too_old"
+            elif reading.export_register_wh is not None and reading.export_register_wh < last_register.get(
+                    reading.meter_id, 0):
+                reason = "register_regression"
+            else:
+                seen[reading.key] = payload
+                if reading.export_register_wh is not None:
+                    last_register[reading.meter_id] = reading.export_register_wh
+        counts[reason] += 1
+        if reading is not None:
+            by_reason.setdefault(reason, set()).add(reading.key)
+            if reason not in ("duplicate", "equivocation"):
+                readings.setdefault(reading.meter_id, {})[reading.seq] = reading
+    return counts, by_reason, readings
+
+
+@pytest.mark.parametrize("multiplexed", [False, True], ids=["per-meter", "fleet-user"])
+def test_injected_faults_match_what_a_subscriber_sees(fleet_factory: Callable[..., Fleet], multiplexed: bool) -> None:
+    fleet = fleet_factory(6)
+    rates = FaultRates(**{f.value: 0.04 for f in Fault})
+    settings = fleet.settings(speed=DAY / 2, duration=2.0, faults=rates)
+    if multiplexed:
+        settings = dataclasses.replace(settings, broker=dataclasses.replace(
+            settings.broker, connections=2, fleet_user="sim-fleet", fleet_password=fleet.fleet_password))
+
+    async def scenario() -> None:
+        async with subscriber(fleet.broker) as received:
+            report = await run_fleet(settings)
+            await finish(fleet.broker, fleet.keys[0], received)
+
+        counts, by_reason, readings = judge(received.messages, registry(fleet.keys_dir))
+        expected: Counter[str] = Counter()
+        expected_keys: dict[str, set[tuple[str, int]]] = {}
+        for name, summary in report.faults.items():
+            expected[summary.expected] += summary.count
+            expected_keys.setdefault(summary.expected, set()).update(summary.affected)
+        assert set(report.faults) == {f.value for f in Fault}, "every fault was drawn at least once"
+        assert report.faults["wrong_topic"].expected == ("topic_mismatch" if multiplexed else "denied")
+
+        denied = expected.pop("denied", 0)
+        assert counts.pop("ok") == 6 * 96  # every good reading still arrives, and passes
+        assert counts == expected
+        # Mosquitto (MQTT 3.1.1) acknowledges a publish its ACL denies, and drops it.
+        assert report.acked == len(received.messages) + denied
+        for reason in ("bad_signature", "out_of_range", "too_old", "in_future", "register_regression",
+                       "equivocation", "duplicate", "topic_mismatch"):
+            assert by_reason.get(reason, set()) == expected_keys.get(reason, set()), reason
+
+        # A fault never breaks the good series: each good reading's delta matches the register of the
+        # reading just before it, good or faulty (faults carry the register unchanged), except after a
+        # deliberate register regression.
+        fresh = set().union(*(keys for reason, keys in expected_keys.items()
+                              if reason not in ("duplicate", "equivocation")))
+        regressions = expected_keys.get("register_regression", set())
+        for meter_id, series in readings.items():
+            good = [seq for seq in sorted(series) if (meter_id, seq) not in fresh]
+            assert len(good) == 96
+            for prev, cur in zip(good, good[1:], strict=False):
+                assert series[cur].export_register_wh - series[prev].export_register_wh == \
+                    series[cur].export_wh  # type: ignore[operator]
+            for seq in good:
+                before = series.get(seq - 1)
+                if before is not None and (meter_id, seq - 1) not in regressions:
+                    assert series[seq].export_register_wh - before.export_register_wh == \
+                        series[seq].export_wh  # type: ignore[operator]
+
+    asyncio.run(scenario())
