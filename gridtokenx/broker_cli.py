@@ -23,7 +23,7 @@ from pathlib import Path
 import click
 import msgspec
 
-from gridtokenx.brokers import BrokerError, generate_dev_certs, write_password_file
+from gridtokenx.brokers import BrokerError, generate_client_cert, generate_dev_certs, write_password_file
 from gridtokenx.config import ConfigError, load
 from protocol.keys import MeterKey, decode_key
 from protocol.reading import METER_ID_RE
@@ -175,7 +175,7 @@ class Written:
     tls: dict[str, str] | None
 
 
-def write(p: Plan, out: Path, *, tls_hosts: tuple[str, ...] | None) -> Written:
+def write(p: Plan, out: Path, *, tls_hosts: tuple[str, ...] | None, client_certs: list[str] | None = None) -> Written:
     for role in ("edge", "cloud"):
         (out / role).mkdir(parents=True, exist_ok=True)
     write_password_file(out / "edge" / "passwd", p.edge_users)
@@ -188,9 +188,13 @@ def write(p: Plan, out: Path, *, tls_hosts: tuple[str, ...] | None) -> Written:
         try:
             generate_dev_certs(certs, hostname=tls_hosts[0] if tls_hosts else "localhost",
                                alt_names=tls_hosts[1:])
+            for meter_id in client_certs or []:
+                generate_client_cert(certs, meter_id)
         except BrokerError as exc:
             raise CredentialsError(str(exc)) from exc
         tls = {name: str(certs / f"{name}") for name in ("ca.crt", "server.crt", "server.key")}
+        if client_certs:
+            tls["clients"] = str(certs / "clients")
     return Written(out=str(out), credentials_file=str(creds), edge_password_file=str(out / "edge" / "passwd"),
                    cloud_password_file=str(out / "cloud" / "passwd"), meters=p.meters,
                    edge_service_users=sorted(p.services.edge), cloud_users=sorted(p.services.cloud),
@@ -227,9 +231,12 @@ def broker() -> None:
 @click.option("--tls-host", "tls_hosts", multiple=True, metavar="NAME",
               help="Server certificate name(s) besides 127.0.0.1 (repeatable; first is the CN) "
                    "[default: localhost].")
+@click.option("--client-certs", is_flag=True,
+              help="With --tls: also a client certificate per meter (CN = meter_id) in OUT/certs/clients, "
+                   "for the client-certificate option of broker-config/README.md.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON (never passwords).")
 def credentials(meters_csv: Path, keys_dir: Path | None, out: Path, gateways: str, fleet_user: bool,
-                tls: bool, tls_hosts: tuple[str, ...], as_json: bool) -> None:
+                tls: bool, tls_hosts: tuple[str, ...], client_certs: bool, as_json: bool) -> None:
     """Write the password files for the edge and cloud brokers.
 
     \b
@@ -239,12 +246,15 @@ def credentials(meters_csv: Path, keys_dir: Path | None, out: Path, gateways: st
     GATEWAY}_PASSWORD when set, else from an existing OUT/credentials.json, else are generated.
     Mount OUT/edge/passwd and OUT/cloud/passwd as the brokers' password_file (see broker-config/).
     """
+    if client_certs and not tls:
+        raise CredentialsError("--client-certs needs --tls (the certificates are signed by the dev CA)")
     presets = load_presets()
     keys = read_meters(meters_csv, keys_dir if keys_dir is not None else meters_csv.parent)
     out.mkdir(parents=True, exist_ok=True)
     p = plan(keys, gateways=parse_gateways(gateways), fleet_user=fleet_user, presets=presets,
              previous=read_previous(out / "credentials.json"))
-    written = write(p, out, tls_hosts=(tls_hosts or ("localhost",)) if tls else None)
+    written = write(p, out, tls_hosts=(tls_hosts or ("localhost",)) if tls else None,
+                    client_certs=[k.meter_id for k in keys] if client_certs else None)
     if as_json:
         click.echo(json.dumps(asdict(written), indent=2))
         return

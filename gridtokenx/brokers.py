@@ -28,6 +28,8 @@ Role = Literal["edge", "cloud"]
 
 CONFIG_ROOT = Path(__file__).resolve().parent.parent / "broker-config"
 PBKDF2_ITERATIONS = 101  # mosquitto_passwd's default
+#: The commented-out client-certificate lines of the TLS listener in broker-config/*/mosquitto.conf.
+CLIENT_CERT_LINES = ("# require_certificate true", "# use_identity_as_username true")
 
 
 class BrokerError(RuntimeError):
@@ -67,8 +69,12 @@ def mosquitto_binary() -> str:
 
 
 def render_config(role: Role, *, workdir: Path, port: int, tls_port: int | None = None,
-                  certs_dir: Path | None = None, config_root: Path = CONFIG_ROOT) -> Path:
-    """Write a local copy of broker-config/{role}/mosquitto.conf into `workdir`; returns its path."""
+                  certs_dir: Path | None = None, config_root: Path = CONFIG_ROOT,
+                  client_certs: bool = False) -> Path:
+    """Write a local copy of broker-config/{role}/mosquitto.conf into `workdir`; returns its path.
+
+    `client_certs` turns on the documented option of the TLS listener: a client certificate signed
+    by the CA is required, and its CN is the username (meters with secure elements)."""
     source = (config_root / role / "mosquitto.conf").read_text().splitlines()
     data_dir = workdir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -95,6 +101,9 @@ def render_config(role: Role, *, workdir: Path, port: int, tls_port: int | None 
             continue
         if in_tls and tls_port is None:
             continue  # the TLS listener's own settings (listeners come last in broker-config/)
+        if in_tls and client_certs and line.strip() in CLIENT_CERT_LINES:
+            out.append(line.strip().lstrip("# "))
+            continue
         if words and words[0] in replacements:
             out.append(f"{words[0]} {replacements[words[0]]}")
             continue
@@ -123,6 +132,8 @@ class Mosquitto:
     certs_dir: Path | None = None
     host: str = "127.0.0.1"
     password_file: Path | None = None
+    client_certs: bool = False
+    """TLS listener requires a client certificate whose CN is the username (see render_config)."""
     """A password file to use as is (e.g. from `gridtokenx broker credentials`); `users` then only
     needs the users a caller wants URLs for, and users missing from the file are appended."""
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
@@ -168,7 +179,7 @@ class Mosquitto:
 
     def start(self, timeout: float = 10.0) -> None:
         conf = render_config(self.role, workdir=self.workdir, port=self.port, tls_port=self.tls_port,
-                             certs_dir=self.certs_dir)
+                             certs_dir=self.certs_dir, client_certs=self.client_certs)
         self._write_passwd()
         self._proc = subprocess.Popen(
             [mosquitto_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -250,6 +261,28 @@ def generate_dev_certs(out: Path, *, hostname: str = "localhost", days: int = 82
     for name in ("ca.key", "server.key"):
         (out / name).chmod(0o600)
     return out
+
+
+def generate_client_cert(certs_dir: Path, common_name: str, *, days: int = 825) -> tuple[Path, Path]:
+    """A client certificate (CN = the broker username, e.g. a meter_id) signed by the dev CA in
+    `certs_dir` (from generate_dev_certs). Returns (certificate, key) under certs_dir/clients/.
+    A real secure element keeps its key inside and sends a CSR instead; this is for development."""
+    if not (certs_dir / "ca.key").exists():
+        raise BrokerError(f"no dev CA in {certs_dir}: generate it first (generate_dev_certs, or --tls)")
+    out = certs_dir / "clients"
+    out.mkdir(parents=True, exist_ok=True)
+    key, csr, crt = out / f"{common_name}.key", out / f"{common_name}.csr", out / f"{common_name}.crt"
+    ext = out / "client.ext"
+    ext.write_text("extendedKeyUsage=clientAuth\n")
+    for args in (
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={common_name}"],
+        ["x509", "-req", "-in", str(csr), "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+         "-out", str(crt), "-days", str(days), "-extfile", str(ext)],
+    ):
+        subprocess.run(["openssl", *args], cwd=certs_dir, check=True, capture_output=True)
+    key.chmod(0o600)
+    csr.unlink()
+    return crt, key
 
 
 def _is_ip(name: str) -> bool:

@@ -30,7 +30,8 @@ class Received:
 
 class Probe:
     def __init__(self, host: str, port: int, username: str | None, password: str | None, *,
-                 client_id: str = "", v5: bool = True, clean: bool = True, ca: Path | None = None) -> None:
+                 client_id: str = "", v5: bool = True, clean: bool = True, ca: Path | None = None,
+                 cert: tuple[Path, Path] | None = None) -> None:
         self._v5 = v5
         protocol = mqtt.MQTTv5 if v5 else mqtt.MQTTv311
         kwargs: dict[str, Any] = {} if v5 else {"clean_session": clean}
@@ -39,7 +40,8 @@ class Probe:
         if username is not None:
             self.client.username_pw_set(username, password)
         if ca is not None:
-            self.client.tls_set(ca_certs=str(ca))
+            self.client.tls_set(ca_certs=str(ca), certfile=str(cert[0]) if cert else None,
+                                keyfile=str(cert[1]) if cert else None)
         self.host, self.port, self.clean = host, port, clean
         self.messages: queue.Queue[Received] = queue.Queue()
         self._connack: queue.Queue[int] = queue.Queue()

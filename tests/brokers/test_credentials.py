@@ -117,6 +117,7 @@ def test_fleet_user_only_with_the_flag_and_env_presets_and_reruns_keep_passwords
     ("bad-column", [], "lacks column(s) capacity_w"),
     ("ok", ["--gateways", "gw+1"], "gateway id 'gw+1' is not a valid broker username"),
     ("ok", ["--gateways", "cloud-consumer"], "not a service user name"),
+    ("ok", ["--client-certs"], "--client-certs needs --tls"),
 ])
 def test_user_errors_are_one_sentence(tmp_path: Path, setup: str, args: list[str], message: str) -> None:
     meters_csv = make_keys(tmp_path / "keys", ["M-00001", "M-00002"])
@@ -128,3 +129,20 @@ def test_user_errors_are_one_sentence(tmp_path: Path, setup: str, args: list[str
     assert result.exit_code == 1
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_client_certs_let_meters_in_without_a_password(tmp_path: Path) -> None:
+    meters_csv = make_keys(tmp_path / "keys", ["M-00001"])
+    out = tmp_path / "creds"
+    result = run("--meters", str(meters_csv), "--out", str(out), "--tls", "--client-certs", "--json")
+    assert result.exit_code == 0, result.output
+    certs = out / "certs"
+    assert json.loads(result.output)["tls"]["clients"] == str(certs / "clients")
+    cert = (certs / "clients" / "M-00001.crt", certs / "clients" / "M-00001.key")
+    assert stat.S_IMODE(cert[1].stat().st_mode) == 0o600
+    edge = Mosquitto("edge", tmp_path / "edge-broker", {}, password_file=out / "edge" / "passwd",
+                     tls_port=free_port(), certs_dir=certs, client_certs=True)
+    with edge, Probe(edge.host, edge.tls_port or 0, None, None, ca=certs / "ca.crt", cert=cert) as meter:
+        assert meter.connect() == 0
+        assert meter.publish("meters/M-00001/readings", b"x") in (0, 0x10)
+        assert meter.publish("meters/M-00002/readings", b"x") == NOT_AUTHORIZED

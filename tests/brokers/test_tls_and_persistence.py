@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gridtokenx.brokers import free_port, generate_dev_certs, render_config
-from tests.brokers.probe import CLOSED, Probe, Received
+from gridtokenx.brokers import free_port, generate_client_cert, generate_dev_certs, render_config
+from tests.brokers.probe import CLOSED, NOT_AUTHORIZED, Probe, Received
 
 
 def test_tls_with_dev_ca_works_and_plain_to_tls_port_fails(broker_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -98,3 +98,27 @@ def test_local_config_keeps_tls_settings_inside_the_tls_listener(role: str, tmp_
     assert len(tls) == 3
     assert {"cafile", "certfile", "keyfile", "use_username_as_clientid"} <= set(tls[2])
     assert "use_username_as_clientid" not in tls[1]  # the plain listener: client ids are free
+
+
+def test_client_certificate_option_identifies_meters_by_certificate(broker_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The documented option for meters with secure elements: no password, the certificate's CN is
+    the username, and the ACL applies to it as to any meter."""
+    certs = generate_dev_certs(tmp_path / "certs")
+    meter_cert = generate_client_cert(certs, "M-00001")
+    broker = broker_factory("edge", {}, tls_port=free_port(), certs_dir=certs, client_certs=True)
+    assert broker.tls_port is not None
+
+    with Probe(broker.host, broker.port, "edge-agent", broker.users["edge-agent"]) as agent:
+        assert agent.connect() == 0
+        agent.subscribe("meters/+/readings")
+        with Probe(broker.host, broker.tls_port, None, None, ca=certs / "ca.crt", cert=meter_cert) as meter:
+            assert meter.connect() == 0
+            assert meter.publish("meters/M-00002/readings", b"forged") == NOT_AUTHORIZED
+            assert meter.publish("meters/M-00001/readings", b"by certificate") == 0
+        assert agent.next_message() == Received("meters/M-00001/readings", b"by certificate")
+
+    # Without a certificate the TLS handshake itself fails.
+    context = ssl.create_default_context(cafile=str(certs / "ca.crt"))
+    with socket.create_connection((broker.host, broker.tls_port), timeout=5) as raw, \
+            pytest.raises(ssl.SSLError), context.wrap_socket(raw, server_hostname=broker.host) as tls:
+        tls.recv(1)  # TLS 1.3 reports the server's refusal on the first read
