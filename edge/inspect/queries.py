@@ -71,15 +71,18 @@ def _stats(conn: sqlite3.Connection, *, now: float, window_seconds: int) -> Stat
     # (state, size), if the schema gains one, is picked up by the planner for all three.
     counts = dict(conn.execute("SELECT state, count(*) FROM readings GROUP BY state").fetchall())
     total_bytes = float(_scalar(conn, "SELECT total(size) FROM readings"))  # type: ignore[arg-type]
-    sizes = {state: float(_scalar(conn, "SELECT total(size) FROM readings WHERE state = ?", (state,)))  # type: ignore[arg-type]
-             for state in ("inflight", "rejected")}
-    sizes["pending"] = total_bytes - sum(sizes.values())
+    # Rejected rows per meter and their bytes in one pass over the rejected slice of the index.
+    rejected = {meter: (int(n), float(b)) for meter, n, b in conn.execute(
+        "SELECT meter_id, count(*), total(size) FROM readings WHERE state = 'rejected' GROUP BY meter_id")}
+    sizes = {"inflight": float(_scalar(conn, "SELECT total(size) FROM readings WHERE state = 'inflight'")),  # type: ignore[arg-type]
+             "rejected": sum(b for _, b in rejected.values())}
+    sizes["pending"] = total_bytes - sizes["inflight"] - sizes["rejected"]
     totals = [StateTotal(state=s, rows=int(counts.get(s, 0)), bytes=int(sizes.get(s, 0))) for s in READING_STATES]
 
     oldest_id = _scalar(conn, "SELECT min(id) FROM readings WHERE state = 'pending'")
     oldest_at = _scalar(conn, "SELECT received_at FROM readings WHERE id = ?", (oldest_id,)) if oldest_id else None
 
-    meters = _meters(conn)
+    meters = _meters(conn, {meter: n for meter, (n, _) in rejected.items()})
     quarantine = [ReasonCount(reason=r, rows=n, last_at=t) for r, n, t in conn.execute(
         "SELECT reason, count(*), max(received_at) FROM quarantine GROUP BY reason ORDER BY count(*) DESC")]
     drops = [ReasonCount(reason=r, rows=n, last_at=t) for r, n, t in conn.execute(
@@ -116,11 +119,9 @@ def _stats(conn: sqlite3.Connection, *, now: float, window_seconds: int) -> Stat
     )
 
 
-def _meters(conn: sqlite3.Connection) -> list[MeterSummary]:
+def _meters(conn: sqlite3.Connection, rejected: dict[str, int]) -> list[MeterSummary]:
     # One pass over the (meter_id, seq) covering index, then one seek per meter for its newest row.
     per_meter = conn.execute("SELECT meter_id, count(*), max(seq) FROM readings GROUP BY meter_id").fetchall()
-    rejected = dict(conn.execute(
-        "SELECT meter_id, count(*) FROM readings WHERE state = 'rejected' GROUP BY meter_id").fetchall())
     out = []
     for meter, n, max_seq in per_meter:
         seen = _scalar(conn, "SELECT received_at FROM readings WHERE meter_id = ? AND seq = ?", (meter, max_seq))

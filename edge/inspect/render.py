@@ -90,8 +90,9 @@ def stats(console: Console, s: Stats) -> None:
 
 def rows(console: Console, items: list[Row], *, limit: int) -> None:
     t = Table(title_justify="left")
-    for col in ("source", "id", "meter", "seq", "size", "received", "reason", "batch", "tries", "detail"):
-        t.add_column(col, overflow="fold")
+    for col in ("source", "id", "meter", "seq", "size", "received", "reason", "batch", "tries"):
+        t.add_column(col, no_wrap=True)
+    t.add_column("detail", overflow="fold")
     for r in items:
         t.add_row(r.source, str(r.id), r.meter_id or "?", "" if r.seq is None else str(r.seq), str(r.size),
                   when(r.received_at), r.reason or "", r.batch_id or "", str(r.attempts), (r.detail or "")[:60])
