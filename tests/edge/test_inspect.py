@@ -293,3 +293,27 @@ def test_reason_choices_are_the_protocol_enum() -> None:
     assert result.exit_code == 2
     for reason in Reason:
         assert reason.value in result.output
+
+
+def test_a_reader_never_blocks_the_agents_writes(known: Known) -> None:
+    from edge.inspect import db, queries
+    from edge.inspect.filters import Filter
+
+    reader = db.open_readonly(known.path)
+    writer = sqlite3.connect(known.path, isolation_level=None, timeout=0)  # fail at once if locked
+    try:
+        writer.execute("PRAGMA journal_mode = WAL")
+        reader.execute("BEGIN")
+        stream = queries.iter_rows(reader, Filter(sources=("pending",)), chunk=2)
+        first = next(stream)  # a read snapshot is open mid-export
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute("UPDATE readings SET state = 'inflight' WHERE state = 'pending'")
+        writer.execute("COMMIT")
+        assert first[0].source == "pending"
+        assert len(list(stream)) == 5  # the reader still sees its snapshot
+        reader.execute("COMMIT")
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            reader.execute("DELETE FROM readings")
+    finally:
+        reader.close()
+        writer.close()
