@@ -83,7 +83,7 @@ async def run_agent(settings: EdgeSettings) -> int:
     try:
         async with asyncio.TaskGroup() as tg:
             forwarding = tg.create_task(forwarder.run())
-            chores = tg.create_task(_housekeeping(writer, stopping))
+            chores = tg.create_task(_housekeeping(writer, stopping, settings.ttl_seconds))
             await stopping.wait()
             log.info("stopping: draining received messages and batches in flight")
             receiver.pause()
@@ -107,8 +107,10 @@ async def run_agent(settings: EdgeSettings) -> int:
     return 0
 
 
-async def _housekeeping(writer: Writer, stopping: asyncio.Event) -> None:
-    """Oldest-pending age every second, TTL every 10 s, recount and batch-history pruning every minute."""
+async def _housekeeping(writer: Writer, stopping: asyncio.Event, ttl_seconds: float) -> None:
+    """Oldest-pending age every second, TTL every 10 s (sooner for short TTLs), recount and
+    batch-history pruning every minute."""
+    expire_every = min(EXPIRE_EVERY_S, max(HOUSEKEEPING_S, ttl_seconds / 4))
     last_expire = last_resync = time.monotonic()
     while not stopping.is_set():
         with contextlib.suppress(TimeoutError):
@@ -117,7 +119,7 @@ async def _housekeeping(writer: Writer, stopping: asyncio.Event) -> None:
             return
         now = time.monotonic()
         await writer.call(lambda b: b.refresh_oldest())
-        if now - last_expire >= EXPIRE_EVERY_S:
+        if now - last_expire >= expire_every:
             last_expire = now
             drops = await writer.call(lambda b: b.expire(time.time()))
             if drops:
