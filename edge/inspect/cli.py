@@ -203,7 +203,7 @@ def show(db_path: Path, meter: str, seq: int, keys_path: Path | None, as_json: b
         conn.close()
     if not out:
         raise click.ClickException(f"no reading {meter} seq {seq} in {db_path}: it was acked and deleted, "
-                                   "or never arrived; try `inspect list --meter {meter}`.".replace("{meter}", meter))
+                                   f"or never arrived; try `inspect list --meter {meter}`.")
     if as_json:
         click.echo(render.to_json(out))
     else:

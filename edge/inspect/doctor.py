@@ -141,11 +141,19 @@ def _meter_clocks(conn: sqlite3.Connection) -> Check:
     if not lags:
         return Check("meter clocks", "SKIP", "no buffered readings to compare")
     median = statistics.median(lags)
-    detail = f"median arrival − interval end over the newest {len(lags)} readings: {median:+.0f} s"
+    detail = f"median arrival − interval end over the newest {len(lags)} readings: {_span(median)}"
     if median < -CLOCK_TOLERANCE_S:
         return Check("meter clocks", "WARN", detail + " (meters are ahead of this gateway)",
                      "check NTP on the gateway (timedatectl) and the meters' clock source")
     return Check("meter clocks", "OK", detail)
+
+
+def _span(seconds: float) -> str:
+    sign = "-" if seconds < 0 else "+"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if abs(seconds) >= size:
+            return f"{sign}{abs(seconds) / size:.1f} {unit}"
+    return f"{sign}{abs(seconds):.0f} s"
 
 
 # --- the brokers -----------------------------------------------------------------------------------
