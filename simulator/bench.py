@@ -18,7 +18,6 @@ import msgspec
 import psutil
 
 from gridtokenx.brokers import Mosquitto
-from gridtokenx.config import BrokerURL
 from simulator.fleet import run_fleet
 from simulator.keystore import keygen, load_keys
 from simulator.report import FleetReport, Percentiles
@@ -65,7 +64,7 @@ def sim_bench(meters: int, seconds: float, rate: float, interval: int, connectio
         users = {k.meter_id: k.mqtt_password for k in load_keys(keys_dir)} | {"sim-fleet": fleet_password}
         with Mosquitto("edge", workdir=Path(tmp) / "broker", users=users) as broker:
             settings = SimSettings(
-                broker=BrokerSettings(url=BrokerURL.parse(broker.url), connections=connections,
+                broker=BrokerSettings(url=broker.url, connections=connections,
                                       fleet_user="sim-fleet", fleet_password=fleet_password, window=window),
                 meter=MeterSettings(reading_interval_seconds=interval),
                 signing=SigningSettings(keys_dir=keys_dir),

@@ -16,7 +16,7 @@ from rich.live import Live
 from rich.table import Table
 
 from gridtokenx import logs
-from gridtokenx.config import BrokerURL, ConfigError
+from gridtokenx.config import ConfigError
 from simulator import settings as sim_settings
 from simulator.faults import Fault, expected_reason
 from simulator.fleet import Fleet, run_fleet
@@ -124,7 +124,7 @@ def run_cmd(config_path: Path | None, keys_dir: Path | None, count: int | None, 
         interval = 300
     try:
         settings = sim_settings.load(config_path, {
-            "broker": {"url": BrokerURL.parse(broker_url) if broker_url else None, "connections": connections,
+            "broker": {"url": broker_url, "connections": connections,
                        "fleet_user": fleet_user, "fleet_password": fleet_password, "ca_file": ca_file,
                        "window": window},
             "meter": {"ids": meter_ids or None, "count": count, "reading_interval_seconds": interval,

@@ -104,7 +104,7 @@ class Fleet:
     def _link(self, client_id: str, user: str, password: str) -> Link:
         b = self.settings.broker
         window = b.window or (256 if self.settings.multiplexed else 8)
-        return Link(client_id=client_id, broker=b.url, username=user, password=password, window=window,
+        return Link(client_id=client_id, broker=b.broker_url, username=user, password=password, window=window,
                     max_buffer=self.settings.run.max_buffer, stats=self.stats, on_done=self._on_done,
                     ca_file=str(b.ca_file) if b.ca_file else None)
 

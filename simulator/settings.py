@@ -29,7 +29,8 @@ MAX_BACKFILL_SECONDS = 6 * 86_400
 
 @dataclass(frozen=True, slots=True)
 class BrokerSettings:
-    url: BrokerURL = field(default=BrokerURL(), metadata={"env": "GRIDTOKENX_SIM_BROKER_URL"})
+    url: str = field(default="mqtt://127.0.0.1:1883", metadata={"env": "GRIDTOKENX_SIM_BROKER_URL"})
+    """Kept as text: gridtokenx.config reads a dataclass-typed field as a YAML section."""
     connections: int = 0
     """0: one connection per meter with its own client id and credentials (what real meters do).
     K > 0: multiplex the meters over K connections of the fleet user (dev and load tests only)."""
@@ -39,6 +40,10 @@ class BrokerSettings:
     """CA certificate for mqtts:// (default: the system's trust store)."""
     window: int | None = None
     """QoS 1 publishes in flight per connection (default 8 per meter connection, 256 per fleet one)."""
+
+    @property
+    def broker_url(self) -> BrokerURL:
+        return BrokerURL.parse(self.url)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +106,7 @@ class SimSettings:
 
     def check(self) -> None:
         """Raise ConfigError with a one-sentence fix for settings that cannot run."""
+        self.broker.broker_url  # noqa: B018 - raises ConfigError for a bad URL
         if self.meter.format not in ("v1", "legacy"):
             raise ConfigError(f"--format must be v1 or legacy, not {self.meter.format!r}")
         if self.meter.format == "legacy" and self.interval != LEGACY_INTERVAL_SECONDS:

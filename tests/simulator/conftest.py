@@ -14,11 +14,10 @@ import aiomqtt
 import pytest
 
 from gridtokenx.brokers import Mosquitto
-from gridtokenx.config import BrokerURL
 from protocol.keys import MeterKey
 from protocol.topics import METER_READINGS_FILTER
 from simulator.keystore import keygen, load_keys
-from simulator.settings import MeterSettings, RunSettings, SimSettings, SigningSettings
+from simulator.settings import MeterSettings, RunSettings, SigningSettings, SimSettings
 from tests.conftest import BrokerFactory
 
 SENTINEL = b"end-of-test"
@@ -39,7 +38,7 @@ class Fleet:
         s = SimSettings(signing=SigningSettings(keys_dir=self.keys_dir), meter=meter,  # type: ignore[arg-type]
                         run=RunSettings(drain_timeout=10.0, **run))  # type: ignore[arg-type]
         s = dataclasses.replace(s, broker=dataclasses.replace(
-            s.broker, url=BrokerURL.parse(self.broker.url)))
+            s.broker, url=self.broker.url))
         if broker is not None:
             s = dataclasses.replace(s, broker=dataclasses.replace(s.broker, **broker))  # type: ignore[arg-type]
         if faults is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -21,8 +22,10 @@ DAY = 86_400
 MAX_WH = 100_000
 
 
-def judge(messages: list[tuple[str, bytes]], keys: dict[str, bytes]) -> tuple[Counter[str], dict[str, set[tuple[str, int]]],
-                                                                         dict[str, dict[int, Reading]]]:
+Judged = tuple[Counter[str], dict[str, set[tuple[str, int]]], dict[str, dict[int, Reading]]]
+
+
+def judge(messages: list[tuple[str, bytes]], keys: dict[str, bytes]) -> Judged:
     """A miniature of the cloud's rules, in arrival order: structure, signature, identity, range,
     time window, register. Returns counts by reason, keys by reason, and every reading by meter/seq."""
     now = time.time()
@@ -76,7 +79,7 @@ def test_injected_faults_match_what_a_subscriber_sees(fleet_factory: Callable[..
         counts, by_reason, readings = judge(received.messages, registry(fleet.keys_dir))
         expected: Counter[str] = Counter()
         expected_keys: dict[str, set[tuple[str, int]]] = {}
-        for name, summary in report.faults.items():
+        for _name, summary in report.faults.items():
             expected[summary.expected] += summary.count
             expected_keys.setdefault(summary.expected, set()).update(summary.affected)
         assert set(report.faults) == {f.value for f in Fault}, "every fault was drawn at least once"
@@ -100,7 +103,7 @@ def test_injected_faults_match_what_a_subscriber_sees(fleet_factory: Callable[..
         for meter_id, series in readings.items():
             good = [seq for seq in sorted(series) if (meter_id, seq) not in fresh]
             assert len(good) == 96
-            for prev, cur in zip(good, good[1:], strict=False):
+            for prev, cur in itertools.pairwise(good):
                 assert series[cur].export_register_wh - series[prev].export_register_wh == \
                     series[cur].export_wh  # type: ignore[operator]
             for seq in good:
