@@ -93,6 +93,15 @@ def test_inspect_a_live_agents_buffer_then_requeue_makes_rows_flow(rig: Rig, age
         by_id = {m.meter_id: m for m in meters}
         assert payloads == {k: reading_payload(by_id[k[0]], k[1]) for k in REJECTED}
 
+        doctor = {c["name"]: c for c in inspect_json(
+            "doctor", "--db", db, "--edge-broker-url", rig.edge.url_for("edge-agent"),
+            "--cloud-broker-url", rig.cloud.url_for(GATEWAY), "--inspector-url", rig.edge.url_for("edge-inspector"),
+            "--timeout", "3")}
+        assert {n: c["status"] for n, c in doctor.items()} == {
+            "buffer": "OK", "WAL": "OK", "writable": "OK", "disk": "OK", "quota": "OK", "meter clocks": "OK",
+            "edge broker": "OK", "cloud broker": "OK", "broker clock": "SKIP"}
+        assert "rows 0/2,000,000" in doctor["quota"]["detail"]  # the agent's default quota, from meta
+
         # purge's dry run deletes nothing, even from a live agent's buffer.
         plan = inspect_json("purge", "--db", db, "--state", "rejected", "--state", "quarantined")
         assert (plan["applied"], plan["matched"]) == (False, 4)
