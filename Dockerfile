@@ -31,7 +31,7 @@ COPY migrations migrations
 COPY broker-config broker-config
 RUN pip install --no-deps -e . \
     && useradd --uid 10001 --user-group --no-create-home --home-dir /app gridtokenx \
-    && mkdir -p /data/edge /data/chain /data/sim /credentials \
+    && mkdir -p /data/edge /data/chain /data/sim /data/localnet /credentials \
     && chown -R gridtokenx:gridtokenx /data
 
 USER 10001
