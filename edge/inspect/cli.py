@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sqlite3
 import sys
@@ -295,8 +296,13 @@ def requeue(db_path: Path, states: tuple[str, ...], meter: str | None, reason: s
             dry_run: bool, yes: bool, as_json: bool) -> None:
     """Put rejected readings and quarantined payloads back to pending, so the agent forwards them again.
 
-    A quarantined payload is parsed again and moves into the buffer only if it is now a well-formed reading."""
+    A quarantined payload is parsed again and moves into the buffer only if it is now a well-formed reading.
+    Equivocation evidence (a second, different payload for a buffered key) is left alone unless
+    --reason equivocation asks for it: the cloud would suspend the meter."""
     flt = _filter(states, maintenance.REQUEUE_SOURCES, meter, reason, since)
+    if reason is None:
+        # Forwarding an equivocating payload makes the cloud suspend the meter: only on explicit request.
+        flt = dataclasses.replace(flt, exclude_reasons=(Reason.EQUIVOCATION.value,))
     if as_json and not (yes or dry_run):
         raise click.ClickException("--json cannot ask for confirmation: add --yes (or --dry-run).")
     conn = db.open_writer(db_path)

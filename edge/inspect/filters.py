@@ -46,6 +46,8 @@ class Filter:
     """received_at >= since"""
     until: float | None = None
     """received_at < until (purge's --older-than)"""
+    exclude_reasons: tuple[str, ...] = ()
+    """Rows with these reasons never match (requeue leaves equivocation evidence alone unless asked)."""
 
     def reading_states(self) -> tuple[str, ...]:
         return tuple(s for s in self.sources if s in READING_STATES)
@@ -69,6 +71,9 @@ class Filter:
         if self.until is not None:
             clauses.append("received_at < ?")
             params.append(self.until)
+        if self.exclude_reasons:
+            clauses.append(f"(reason IS NULL OR reason NOT IN ({', '.join('?' * len(self.exclude_reasons))}))")
+            params.extend(self.exclude_reasons)
         return (" AND ".join(clauses) or "1"), params
 
 

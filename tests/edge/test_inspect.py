@@ -317,3 +317,20 @@ def test_a_reader_never_blocks_the_agents_writes(known: Known) -> None:
     finally:
         reader.close()
         writer.close()
+
+
+def test_requeue_leaves_equivocation_evidence_unless_asked(known: Known) -> None:
+    from edge.standin import reading_payload
+
+    evidence = reading_payload(known.meters[2], 8)
+    with closing(sqlite3.connect(known.path)) as conn:
+        conn.execute("INSERT INTO quarantine (topic, payload, meter_id, seq, reason, detail, received_at) "
+                     "VALUES ('meters/m00002/readings', ?, 'm00002', 8, 'equivocation', 'second payload', ?)",
+                     (evidence, known.now))
+        conn.commit()
+    report = run_json("requeue", "--db", str(known.path), "--state", "quarantined", "--yes")
+    assert report["by_reason"] == {"malformed": 1, "bad_signature": 1}
+    assert count(known.path, "SELECT count(*) FROM quarantine WHERE reason = 'equivocation'") == 1
+    report = run_json("requeue", "--db", str(known.path), "--reason", "equivocation", "--yes")
+    assert (report["matched"], report["changed"]) == (1, 1)
+    assert count(known.path, "SELECT count(*) FROM readings WHERE meter_id = 'm00002' AND seq = 8") == 1
