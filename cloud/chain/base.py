@@ -37,6 +37,8 @@ class RecentBlockhash:
 class SignatureStatus:
     slot: int
     err: str | None
+    confirmed: bool = True
+    """False while only `processed`: it may still be rolled back, so it is neither landed nor dead."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +72,7 @@ class ChainBackend(Protocol):
 
     async def signature_statuses(self, signatures: list[str]) -> list[SignatureStatus | None]: ...
 
-    async def block_time(self, signature: str) -> int | None: ...
+    async def block_time(self, signature: str, slot: int) -> int | None: ...
 
     async def signatures_for_address(self, address: Pubkey, *, before: str | None = None,
                                      limit: int = 1000) -> list[SignatureInfo]: ...

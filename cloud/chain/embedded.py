@@ -75,7 +75,7 @@ class EmbeddedBackend:
             out.append(None if rec is None else SignatureStatus(rec.slot, rec.err))
         return out
 
-    async def block_time(self, signature: str) -> int | None:
+    async def block_time(self, signature: str, slot: int) -> int | None:
         rec = self.ledger.history.get(signature)
         return None if rec is None else rec.block_time
 

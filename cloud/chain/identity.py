@@ -8,6 +8,7 @@ alike; on a cluster that funds by airdrop (localnet, devnet) the authority is fu
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -103,18 +104,21 @@ async def _create_mint(backend: ChainBackend, authority: Keypair, decimals: int,
     mint = Keypair()
     recent = await backend.latest_blockhash()
     tx = create_mint_tx(authority, mint, decimals, program, RENT_EXEMPT_MINT, recent.blockhash)
-    await backend.send(bytes(tx))
-    sig = str(tx.signatures[0])
-    for _ in range(600):
+    raw, sig = bytes(tx), str(tx.signatures[0])
+    while True:
+        try:
+            await backend.send(raw)  # rebroadcast until it lands: sends may be lost
+        except ChainError as exc:
+            log.debug("mint creation send: %s", exc)
+        height = await backend.block_height()
         status = (await backend.signature_statuses([sig]))[0]
-        if status is not None:
+        if status is not None and status.confirmed:
             if status.err:
                 raise IdentityError(f"creating the mint failed on chain: {status.err}")
             break
-        if await backend.block_height() > recent.last_valid_block_height:
-            raise IdentityError("creating the mint timed out (blockhash expired); start again")
-        import asyncio
-        await asyncio.sleep(0.1)
+        if status is None and height > recent.last_valid_block_height:
+            raise IdentityError("creating the mint timed out (blockhash expired unconfirmed); start again")
+        await asyncio.sleep(0.2)
     _write_private(mint_file, json.dumps({"mint": str(mint.pubkey()), "decimals": decimals,
                                           "token_program": str(program)}))
     log.info("created mint %s (decimals %d, authority %s)", mint.pubkey(), decimals, authority.pubkey())

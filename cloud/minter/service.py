@@ -69,8 +69,10 @@ class Minter:
         batches = [b for b in await store.open_batches(self.pool, self.authority) if b.signature]
         if not batches:
             return 0
+        sent: list[tuple[int, str]] = []
         for b in batches:
             assert b.tx_bytes is not None and b.signature is not None
+            sent.append((b.id, b.signature))
             try:
                 await self.backend.send(b.tx_bytes)
             except ChainUnavailable as exc:
@@ -78,15 +80,16 @@ class Minter:
             except ChainError as exc:
                 # Refused now (already processed, preflight); the status check below decides.
                 log.debug("send of batch %d refused: %s", b.id, exc)
-            if b.status == "planned":
-                await store.mark_sent(self.pool, b.id, b.signature)
+        await store.mark_sent(self.pool, sent)
         # Height first: a status read afterwards that is still empty proves it can never land.
         height = await self.backend.block_height()
         statuses = await self.backend.signature_statuses([b.signature for b in batches if b.signature])
         still_open = 0
         for b, st in zip(batches, statuses, strict=True):
             assert b.signature is not None and b.last_valid_block_height is not None
-            if st is not None:
+            if st is not None and not st.confirmed:
+                still_open += 1  # processed only: wait, it is neither landed nor dead yet
+            elif st is not None:
                 if st.err is None:
                     await self._confirmed(b, st.slot)
                 else:
@@ -103,7 +106,7 @@ class Minter:
 
     async def _confirmed(self, b: store.OpenBatch, slot: int) -> None:
         assert b.signature is not None
-        block_time = await self.backend.block_time(b.signature)
+        block_time = await self.backend.block_time(b.signature, slot)
         latencies = await store.confirm(self.pool, b.id, b.signature, slot, block_time)
         if latencies is None:
             return

@@ -156,11 +156,16 @@ async def open_batches(pool: asyncpg.Pool, authority: str) -> list[OpenBatch]:
                       r["manual"]) for r in rows]
 
 
-async def mark_sent(pool: asyncpg.Pool, batch_id: int, signature: str) -> None:
+async def mark_sent(pool: asyncpg.Pool, sent: Sequence[tuple[int, str]]) -> None:
+    """Count one broadcast for each (batch id, signature) still open with that signature."""
+    if not sent:
+        return
     await pool.execute(
-        "UPDATE mint_batches SET status = 'sent', send_count = send_count + 1,"
+        "UPDATE mint_batches b SET status = 'sent', send_count = send_count + 1,"
         " sent_at = COALESCE(sent_at, now()), updated_at = now()"
-        " WHERE id = $1 AND signature = $2 AND status IN ('planned', 'sent')", batch_id, signature)
+        " FROM unnest($1::bigint[], $2::text[]) AS s(id, signature)"
+        " WHERE b.id = s.id AND b.signature = s.signature AND b.status IN ('planned', 'sent')",
+        [i for i, _ in sent], [sig for _, sig in sent])
 
 
 async def resign(pool: asyncpg.Pool, batch_id: int, old_signature: str, new: SignedTx) -> bool:

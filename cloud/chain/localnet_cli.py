@@ -1,0 +1,75 @@
+"""`gridtokenx localnet`: run the JSON-RPC endpoint over LiteSVM until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+from pathlib import Path
+
+import click
+from aiohttp import web
+
+from cloud.chain.localnet import Faults, Localnet
+from cloud.chain.svm import SvmLedger
+
+
+@click.command(help="Serve Solana JSON-RPC over LiteSVM (real SPL Token, ATA and Memo programs) with "
+               "optional faults, so the rpc backend and wallet tools work without a validator. "
+               "Blockhashes live --blockhash-ttl slots of --slot-ms each.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8899, show_default=True, help="0 picks a free port (printed at start)")
+@click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="keep the ledger (accounts + signature history) in DIR/ledger.jsonl across restarts")
+@click.option("--drop-sends", default=0.0, show_default=True, help="share of sendTransaction silently dropped")
+@click.option("--timeout-after-land", default=0.0, show_default=True,
+              help="share of sends that land but answer HTTP 504")
+@click.option("--status-delay", default=0.0, show_default=True, help="seconds a landed status stays hidden")
+@click.option("--rate-limit", default=0, show_default=True, help="requests per second before HTTP 429 (0: off)")
+@click.option("--blockhash-ttl", default=150, show_default=True, help="slots a blockhash stays valid")
+@click.option("--slot-ms", default=400, show_default=True, help="milliseconds per slot")
+@click.option("--seed", type=int, help="seed for the fault RNG (reproducible runs)")
+@click.option("--ready-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="write {\"url\": ...} here once listening (for scripts and tests)")
+def localnet(host: str, port: int, state_dir: Path | None, drop_sends: float, timeout_after_land: float,
+             status_delay: float, rate_limit: int, blockhash_ttl: int, slot_ms: int, seed: int | None,
+             ready_file: Path | None) -> None:
+    for name, rate in (("--drop-sends", drop_sends), ("--timeout-after-land", timeout_after_land)):
+        if not 0.0 <= rate <= 1.0:
+            raise click.BadParameter(f"{name} is a share between 0 and 1, not {rate}")
+    ledger = SvmLedger(journal=state_dir / "ledger.jsonl" if state_dir else None, blockhash_ttl=blockhash_ttl,
+                       slot_secs=slot_ms / 1000)
+    net = Localnet(ledger, Faults(drop_sends, timeout_after_land, status_delay, rate_limit, seed))
+    try:
+        asyncio.run(_serve(net, host, port, ready_file))
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port} ({exc}); pick another --port") from exc
+    finally:
+        ledger.close()
+
+
+async def _serve(net: Localnet, host: str, port: int, ready_file: Path | None) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runner = web.AppRunner(net.app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    server = site._server
+    if port == 0 and server is not None and getattr(server, "sockets", None):
+        port = server.sockets[0].getsockname()[1]
+    url = f"http://{host}:{port}"
+    click.echo(f"localnet listening on {url} (faults: {net.faults})", err=True)
+    if ready_file is not None:
+        tmp = ready_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"url": url}))
+        tmp.replace(ready_file)
+    try:
+        await stop.wait()
+    finally:
+        click.echo(f"localnet stopping: {net.counters}", err=True)
+        with contextlib.suppress(Exception):
+            await runner.cleanup()

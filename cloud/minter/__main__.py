@@ -1,0 +1,36 @@
+"""`python -m cloud.minter [--config cloud.yaml]`: only the minter, settings from YAML < environment.
+
+`gridtokenx cloud run --role mint` is the documented way; this entry point has no ingest or HTTP
+dependencies, which is what the chaos tests kill -9 and restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+from cloud.minter.service import run_minter
+from cloud.settings import CloudSettings
+from gridtokenx import logs
+from gridtokenx.config import load
+
+
+async def _main(settings: CloudSettings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await run_minter(settings, stop)
+
+
+def main(argv: list[str]) -> None:
+    config = Path(argv[argv.index("--config") + 1]) if "--config" in argv else None
+    settings = load(CloudSettings, config)
+    logs.setup(level=settings.log_level, json_format=settings.log_format == "json", log_file=settings.log_file)
+    asyncio.run(_main(settings))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
