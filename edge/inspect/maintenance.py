@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from array import array
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
 
 from edge.inspect import queries
 from edge.inspect.db import write_transaction
@@ -25,15 +26,33 @@ UNACKED: tuple[Source, ...] = ("pending", "inflight")
 PURGE_DETAIL = "purged by `gridtokenx edge inspect purge`"
 
 
-def plan(conn: sqlite3.Connection, flt: Filter, action: str) -> tuple[ChangeReport, list[tuple[Source, int]]]:
-    """What `action` would touch: the report (applied=False) and the (source, id) keys, in id order."""
-    keys: list[tuple[Source, int]] = []
+class Keys:
+    """The planned rows: ids per source in compact arrays (8 bytes a row, so a 1M-row purge stays small)."""
+
+    def __init__(self) -> None:
+        self._ids: dict[Source, array[int]] = {}
+
+    def add(self, source: Source, row_id: int) -> None:
+        self._ids.setdefault(source, array("q")).append(row_id)
+
+    def __len__(self) -> int:
+        return sum(len(ids) for ids in self._ids.values())
+
+    def chunks(self) -> Iterator[list[tuple[Source, int]]]:
+        for source, ids in self._ids.items():
+            for start in range(0, len(ids), CHUNK):
+                yield [(source, row_id) for row_id in ids[start:start + CHUNK]]
+
+
+def plan(conn: sqlite3.Connection, flt: Filter, action: str) -> tuple[ChangeReport, Keys]:
+    """What `action` would touch: the report (applied=False) and the rows' keys, in id order per source."""
+    keys = Keys()
     by_source: Counter[str] = Counter()
     by_reason: Counter[str] = Counter()
     total_bytes = 0
     sample: list[Row] = []
     for row, _ in queries.iter_rows(conn, flt):
-        keys.append((row.source, row.id))
+        keys.add(row.source, row.id)
         by_source[row.source] += 1
         by_reason[row.reason or "-"] += 1
         total_bytes += row.size
@@ -45,12 +64,7 @@ def plan(conn: sqlite3.Connection, flt: Filter, action: str) -> tuple[ChangeRepo
     return report, keys
 
 
-def _chunks(keys: list[tuple[Source, int]]) -> Iterable[list[tuple[Source, int]]]:
-    for start in range(0, len(keys), CHUNK):
-        yield keys[start:start + CHUNK]
-
-
-def requeue(conn: sqlite3.Connection, keys: list[tuple[Source, int]], *, now: float | None = None,
+def requeue(conn: sqlite3.Connection, keys: Keys, *, now: float | None = None,
             progress: Callable[[int], None] | None = None) -> tuple[int, int]:
     """Put rows back to pending; returns (requeued, skipped).
 
@@ -59,7 +73,7 @@ def requeue(conn: sqlite3.Connection, keys: list[tuple[Source, int]], *, now: fl
     it is now a reading, it moves into `readings`; if not, or its (meter, seq) is already buffered, it stays.
     """
     moved = skipped = 0
-    for chunk in _chunks(keys):
+    for chunk in keys.chunks():
         with write_transaction(conn):
             for source, row_id in chunk:
                 if source == "rejected":
@@ -106,11 +120,11 @@ def _requeue_quarantined(conn: sqlite3.Connection, row_id: int, now: float) -> b
     return True
 
 
-def purge(conn: sqlite3.Connection, keys: list[tuple[Source, int]], *, now: float | None = None,
+def purge(conn: sqlite3.Connection, keys: Keys, *, now: float | None = None,
           progress: Callable[[int], None] | None = None) -> int:
     """Delete the planned rows; unacked readings leave a drops row (reason expired). Returns rows deleted."""
     deleted = 0
-    for chunk in _chunks(keys):
+    for chunk in keys.chunks():
         with write_transaction(conn):
             stamp = time.time() if now is None else now
             for source, row_id in chunk:
