@@ -102,7 +102,7 @@ def _fault_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--state", type=click.Path(path_type=Path, dir_okay=False),
               help="State file (counters + outbox).  [default: KEYS/state.sqlite]")
 @click.option("--metrics-port", type=click.IntRange(min=0), help="Serve /metrics and /healthz here.")
-@click.option("--drain-timeout", type=float, help="Seconds to wait for PUBACKs on stop.  [default: 30]")
+@click.option("--drain-timeout", type=float, help="Seconds to wait for PUBACKs on stop.  [default: 10]")
 @_fault_options
 @click.option("--json", "as_json", is_flag=True, help="Print only the final JSON report.")
 @click.option("--report", "report_path", type=click.Path(path_type=Path, dir_okay=False),

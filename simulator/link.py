@@ -83,11 +83,9 @@ class Link:
         try:
             while not (stop.is_set() and not self.backlog):
                 if not await self._connect():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), backoff)
-                    if stop.is_set() and not self.connected:
-                        # Stopping while the broker is unreachable: the backlog stays in the outbox.
-                        return
+                    # Even while stopping: the fleet's drain timeout decides when to give up (the
+                    # backlog then stays in the outbox for the next run).
+                    await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 15.0)
                     continue
                 backoff = 0.5

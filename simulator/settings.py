@@ -80,7 +80,7 @@ class RunSettings:
     utc_offset_hours: float = 7.0
     max_reading_wh: int = 100_000
     """TOKENIZATION_MAX_READING_KWH × 1000: good readings never exceed it."""
-    drain_timeout: float = 30.0
+    drain_timeout: float = 10.0
     """On stop, seconds to wait for in-flight publishes before leaving them in the outbox."""
 
 

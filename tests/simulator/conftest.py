@@ -36,7 +36,7 @@ class Fleet:
         broker = run.pop("broker", None)
         faults = run.pop("faults", None)
         s = SimSettings(signing=SigningSettings(keys_dir=self.keys_dir), meter=meter,  # type: ignore[arg-type]
-                        run=RunSettings(drain_timeout=10.0, **run))  # type: ignore[arg-type]
+                        run=RunSettings(**{"drain_timeout": 10.0} | run))  # type: ignore[arg-type]
         s = dataclasses.replace(s, broker=dataclasses.replace(
             s.broker, url=self.broker.url))
         if broker is not None:
