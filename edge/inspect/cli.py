@@ -66,11 +66,12 @@ def _json_option(fn: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print one JSON document for scripts.")(fn)
 
 
-def _filter_options(states: tuple[str, ...], *, until: bool = False) -> Callable[[F], F]:
+def _filter_options(states: tuple[str, ...], *, until: bool = False,
+                    default_note: str = "Default: all of them.") -> Callable[[F], F]:
     def deco(fn: F) -> F:
         opts = [
             click.option("--state", "states", multiple=True, type=click.Choice(states),
-                         help=f"Only these (repeatable): {', '.join(states)}. Default: all of them."),
+                         help=f"Only these (repeatable): {', '.join(states)}. {default_note}"),
             click.option("--meter", help="Only this meter_id."),
             click.option("--reason", type=click.Choice(REASONS), help="Only this reason code."),
             click.option("--since", help="Received at or after: 30m, 2h, 7d, RFC 3339 (…Z) or UTC seconds."),
@@ -328,7 +329,7 @@ def _fields(report: ChangeReport) -> dict[str, Any]:
 
 @inspect.command()
 @_db_option
-@_filter_options(SOURCES, until=True)
+@_filter_options(SOURCES, until=True, default_note="Required: say what to purge.")
 @click.option("--apply", is_flag=True, help="Really delete (default: dry run, shows what would go).")
 @click.option("--yes", is_flag=True, help="With --apply: do not ask for confirmation.")
 @_json_option
