@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -82,5 +83,36 @@ def test_sigkill_mid_run_then_restart_resends_identical_bytes_only(fleet_factory
             # reading under an old seq, and the register series has no gap or regression.
             assert_continuous(readings)
             assert max(readings) > killed_at // 3
+
+    asyncio.run(scenario())
+
+
+def test_sigterm_drains_and_reports_what_was_delivered(fleet_factory: Callable[..., Fleet]) -> None:
+    fleet = fleet_factory(3)
+    args = [sys.executable, "-m", "simulator", "run", "--keys", str(fleet.keys_dir), "--speed", str(DAY / 4),
+            "--duration", "8", "--backfill", str(2 * DAY), "--json"]
+
+    async def scenario() -> None:
+        async with subscriber(fleet.broker) as received:
+            proc = await asyncio.create_subprocess_exec(
+                *args, stdout=asyncio.subprocess.PIPE,
+                env={**os.environ, "GRIDTOKENX_SIM_BROKER_URL": fleet.broker.url})
+
+            async def enough() -> bool:
+                return len(received.messages) >= 60
+
+            await async_wait_for(enough, timeout=30, message="60 readings before SIGTERM")
+            proc.send_signal(signal.SIGTERM)
+            out, _ = await proc.communicate()
+            assert proc.returncode == 0
+            await finish(fleet.broker, fleet.keys[0], received)
+
+        report = json.loads(out)
+        assert report["pending"] == 0 and report["errors"] == {}
+        assert report["acked"] == len(received.messages) < 3 * 2 * 96
+        series = verified_series(received.messages, registry(fleet.keys_dir))
+        for meter_id, readings in series.readings.items():
+            assert_continuous(readings)
+            assert report["per_meter"][meter_id]["last_seq"] == max(readings)
 
     asyncio.run(scenario())
