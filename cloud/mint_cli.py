@@ -65,7 +65,7 @@ def mint(reading_ids: tuple[int, ...], meter_id: str | None, timeout: float, con
     from cloud.minter.admin import manual_mint
 
     result = _run(lambda: manual_mint(settings, reading_ids=reading_ids or None, meter_id=meter_id,
-                                      timeout=timeout), settings)
+                                      wait_secs=timeout), settings)
     if as_json:
         _emit(result.to_json())
     else:

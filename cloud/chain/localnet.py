@@ -87,8 +87,11 @@ class Localnet:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/", self._handle)
-        app.router.add_get("/health", lambda r: web.Response(text="ok"))
+        app.router.add_get("/health", self._health)
         return app
+
+    async def _health(self, _request: web.Request) -> web.StreamResponse:
+        return web.Response(text="ok")
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         if self._rate_limited():

@@ -58,9 +58,9 @@ async def _serve(net: Localnet, host: str, port: int, ready_file: Path | None) -
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    server = site._server
-    if port == 0 and server is not None and getattr(server, "sockets", None):
-        port = server.sockets[0].getsockname()[1]
+    sockets = getattr(site._server, "sockets", None)
+    if port == 0 and sockets:
+        port = sockets[0].getsockname()[1]
     url = f"http://{host}:{port}"
     click.echo(f"localnet listening on {url} (faults: {net.faults})", err=True)
     if ready_file is not None:

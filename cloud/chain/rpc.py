@@ -45,7 +45,7 @@ class RpcBackend:
     async def _call(self, awaitable: Awaitable[T]) -> T:
         try:
             return await awaitable
-        except (SolanaRpcException, OSError, asyncio.TimeoutError, RPCNoResultException) as exc:
+        except (TimeoutError, SolanaRpcException, OSError, RPCNoResultException) as exc:
             raise ChainUnavailable(f"{self.url}: {_why(exc)}") from exc
 
     async def latest_blockhash(self) -> RecentBlockhash:

@@ -28,7 +28,6 @@ from solders.account import Account
 from solders.hash import Hash
 from solders.litesvm import LiteSVM
 from solders.pubkey import Pubkey
-from solders.signature import Signature
 from solders.transaction import VersionedTransaction
 from solders.transaction_metadata import FailedTransactionMetadata
 
@@ -163,7 +162,7 @@ class SvmLedger:
             msg = tx.message
             signers = tuple(str(k) for i, k in enumerate(msg.account_keys) if msg.is_signer(i))
             record = TxRecord(sig, self.slot, int(time.time()), err, memo_of(tx), signers, logs)
-            writable = [k for i, k in enumerate(msg.account_keys) if msg.is_maybe_writable(i)]
+            writable = _writable_keys(tx)
             self._remember(record)
             self._append({"t": "tx", "record": _record_json(record),
                           "accounts": self._accounts_json(writable)})
@@ -233,6 +232,18 @@ class SvmLedger:
                     self._remember(_record_from_json(entry["record"]))
                 self.block_height = max(self.block_height, int(entry["height"]))
                 self.slot = max(self.slot, int(entry["slot"]))
+
+
+def _writable_keys(tx: VersionedTransaction) -> list[Pubkey]:
+    """Static account keys the transaction may write, from the message header (legacy and v0 alike;
+    accounts loaded through lookup tables are not journaled: the minter does not use them)."""
+    msg = tx.message
+    h = msg.header
+    keys = list(msg.account_keys)
+    signers = h.num_required_signatures
+    out = keys[:signers - h.num_readonly_signed_accounts]
+    out += keys[signers:len(keys) - h.num_readonly_unsigned_accounts]
+    return out
 
 
 def _landed_with_error(err: str) -> bool:

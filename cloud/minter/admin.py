@@ -52,7 +52,7 @@ class ManualMintResult:
 
 
 async def manual_mint(settings: CloudSettings, *, reading_ids: Sequence[int] | None, meter_id: str | None,
-                      timeout: float) -> ManualMintResult:
+                      wait_secs: float) -> ManualMintResult:
     pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=3)
     assert pool is not None
     try:
@@ -60,7 +60,7 @@ async def manual_mint(settings: CloudSettings, *, reading_ids: Sequence[int] | N
         try:
             backend = await open_backend(settings)
         except ChainBusy:
-            result = await _via_running_minter(pool, reading_ids, meter_id, timeout)
+            result = await _via_running_minter(pool, reading_ids, meter_id, wait_secs)
         else:
             from cloud.minter.service import MANUAL_LIMIT, Minter
 
@@ -68,7 +68,7 @@ async def manual_mint(settings: CloudSettings, *, reading_ids: Sequence[int] | N
                 minter = Minter(pool, backend, settings)
                 ids = await minter.plan(reading_ids=reading_ids, meter_id=meter_id, manual=True,
                                         limit=MANUAL_LIMIT)
-                result = ManualMintResult("direct", await minter.wait_for(ids, timeout=timeout))
+                result = ManualMintResult("direct", await minter.wait_for(ids, wait_secs=wait_secs))
             finally:
                 await backend.close()
         rows = await pool.fetch("SELECT minted, mint_tx_signature FROM meter_readings WHERE id = ANY($1)", targets)
@@ -95,9 +95,9 @@ async def _target_ids(pool: asyncpg.Pool, reading_ids: Sequence[int] | None, met
 
 
 async def _via_running_minter(pool: asyncpg.Pool, reading_ids: Sequence[int] | None, meter_id: str | None,
-                              timeout: float) -> ManualMintResult:
+                              wait_secs: float) -> ManualMintResult:
     request = await store.request_mint(pool, reading_ids=reading_ids, meter_id=meter_id)
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + wait_secs
     result = ManualMintResult("request")
     while time.monotonic() < deadline:
         row = await pool.fetchrow("SELECT served_at, batch_ids FROM mint_requests WHERE id = $1", request)
@@ -107,7 +107,7 @@ async def _via_running_minter(pool: asyncpg.Pool, reading_ids: Sequence[int] | N
             if all(s not in ("planned", "sent") for s in result.batches.values()):
                 return result
         await asyncio.sleep(0.2)
-    result.note = f"timed out after {timeout:.0f}s waiting for the running minter (request {request})"
+    result.note = f"timed out after {wait_secs:.0f}s waiting for the running minter (request {request})"
     return result
 
 

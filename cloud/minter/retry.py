@@ -19,7 +19,7 @@ class RetryDecision:
 def backoff_seconds(attempts: int, *, initial_minutes: float, max_minutes: float) -> float:
     """Delay after the `attempts`-th failure (1-based): initial × 2^(attempts−1), capped."""
     exponent = min(max(attempts - 1, 0), 60)
-    return min(initial_minutes * 60.0 * (2**exponent), max_minutes * 60.0)
+    return float(min(initial_minutes * 60.0 * (2**exponent), max_minutes * 60.0))
 
 
 def after_failure(previous_attempts: int, settings: TokenizationSettings) -> RetryDecision:

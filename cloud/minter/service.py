@@ -140,9 +140,9 @@ class Minter:
             log.info("batch %d re-signed after blockhash expiry (attempt %d): %s", b.id, b.sign_attempts + 1,
                      new.signature)
 
-    async def wait_for(self, batch_ids: Sequence[int], *, timeout: float) -> dict[int, str]:
+    async def wait_for(self, batch_ids: Sequence[int], *, wait_secs: float) -> dict[int, str]:
         """Drive until these batches leave the open states (manual mint); returns id → status."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + wait_secs
         while True:
             await self.drive()
             rows = await self.pool.fetch("SELECT id, status FROM mint_batches WHERE id = ANY($1)", list(batch_ids))
@@ -182,7 +182,7 @@ class Minter:
                 await self.serve_requests()
                 open_count = await self.drive()
                 failures = 0
-            except (ChainError, OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, ChainError, OSError, asyncpg.PostgresError) as exc:
                 failures += 1
                 level = logging.WARNING if failures == 1 else logging.DEBUG
                 log.log(level, "minter pass failed (%s: %s); retrying", type(exc).__name__, exc)

@@ -11,7 +11,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
-
 import asyncpg
 
 from cloud.minter.planner import BatchPlan, MeterLedger, PendingReading

@@ -58,7 +58,7 @@ def test_kill9_and_rpc_faults_never_double_mint(database_url: str, tmp_path: Pat
 
     proc = start()
     try:
-        wait_for(lambda: (state / MINT_FILE).exists(), timeout=30, message="mint created")
+        wait_for((state / MINT_FILE).exists, timeout=30, message="mint created")
         for _ in range(3):
             time.sleep(rng.uniform(0.3, 2.5))  # a random point in the minter's life, on purpose
             proc.send_signal(signal.SIGKILL)

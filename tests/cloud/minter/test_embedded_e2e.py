@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from solders.pubkey import Pubkey
+
 from cloud.chain.embedded import EmbeddedBackend
 from cloud.chain.factory import open_backend
 from cloud.chain.tx import token_account
 from cloud.db import migrate
 from cloud.minter.reconcile import reconcile
 from cloud.minter.service import run_minter
-from solders.pubkey import Pubkey
 from tests.cloud.minter.conftest import add_fleet, entitled_by_wallet, minter_settings, unminted
 from tests.helpers import async_wait_for
 

@@ -93,7 +93,7 @@ def test_wrong_authority_retries_with_backoff_then_dead_letters(database_url: st
 
     # Fix the configuration; a manual mint takes the dead-lettered reading.
     (state / AUTHORITY_FILE).write_text(good)
-    outcome = asyncio.run(manual_mint(settings, reading_ids=[first], meter_id=None, timeout=20))
+    outcome = asyncio.run(manual_mint(settings, reading_ids=[first], meter_id=None, wait_secs=20))
     assert outcome.complete, outcome.describe()
     result = runner.invoke(why, [str(first), "--database-url", database_url])
     assert "was minted in tx" in result.output, result.output
