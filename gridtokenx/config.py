@@ -74,14 +74,14 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
         if value is None or value == "":
             return None
         return _coerce(value, args[0], name)
+    if hint is BrokerURL:  # a dataclass too, but written as one URL string
+        return value if isinstance(value, BrokerURL) else BrokerURL.parse(str(value))
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
         if isinstance(value, hint):
             return value
         if not isinstance(value, Mapping):
             raise ConfigError(f"{name} must be a mapping")
         return build(hint, value, env={}, prefix=f"{name}.")
-    if hint is BrokerURL:
-        return value if isinstance(value, BrokerURL) else BrokerURL.parse(str(value))
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -122,7 +122,7 @@ def build(cls: type[T], values: Mapping[str, Any], *, env: Mapping[str, str] | N
             kwargs[f.name] = _coerce(env[var], hints[f.name], var)
         elif f.name in values:
             kwargs[f.name] = _coerce(values[f.name], hints[f.name], name)
-        elif dataclasses.is_dataclass(hints[f.name]):
+        elif dataclasses.is_dataclass(hints[f.name]) and hints[f.name] is not BrokerURL:
             kwargs[f.name] = build(hints[f.name], {}, env=env, prefix=f"{name}.")
     return cls(**kwargs)
 
@@ -159,6 +159,6 @@ def env_names(cls: type[Any]) -> set[str]:
         var = env_of(f)
         if var:
             names.add(var)
-        if dataclasses.is_dataclass(hints[f.name]):
+        if dataclasses.is_dataclass(hints[f.name]) and hints[f.name] is not BrokerURL:
             names |= env_names(hints[f.name])
     return names
