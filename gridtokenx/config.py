@@ -118,12 +118,20 @@ def build(cls: type[T], values: Mapping[str, Any], *, env: Mapping[str, str] | N
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         name = prefix + f.name
         var = env_of(f)
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint) and hint is not BrokerURL and isinstance(hint, type):
+            section = values.get(f.name, {})
+            if isinstance(section, hint):
+                kwargs[f.name] = section
+                continue
+            if not isinstance(section, Mapping):
+                raise ConfigError(f"{name} must be a mapping of settings")
+            kwargs[f.name] = build(hint, section, env=env, prefix=f"{name}.")
+            continue
         if var and var in env:
             kwargs[f.name] = _coerce(env[var], hints[f.name], var)
         elif f.name in values:
             kwargs[f.name] = _coerce(values[f.name], hints[f.name], name)
-        elif dataclasses.is_dataclass(hints[f.name]) and hints[f.name] is not BrokerURL:
-            kwargs[f.name] = build(hints[f.name], {}, env=env, prefix=f"{name}.")
     return cls(**kwargs)
 
 
