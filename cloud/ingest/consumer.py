@@ -88,6 +88,7 @@ class IngestConsumer:
                     log.info("consuming %s on %s as %s", topics.SHARED_BATCHES_FILTER, url,
                              self.settings.client_id)
                     await self._loop(client, stop)
+                    await self._leave(client)
             except aiomqtt.MqttError as exc:
                 log.warning("MQTT connection to %s lost (%s); reconnecting in %.1f s", url, exc, backoff)
             finally:
@@ -114,6 +115,19 @@ class IngestConsumer:
             stopper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await stopper
+
+    async def _leave(self, client: aiomqtt.Client) -> None:
+        """Drain: leave the shared group, then finish what the broker already handed us.
+
+        Mosquitto keeps a persistent session in the `$share` group while it is offline and keeps
+        queueing its share of batches there, so a consumer that stops on purpose unsubscribes
+        first; a crashed one gets its queue back when it restarts with the same client id.
+        """
+        await client.unsubscribe(topics.SHARED_BATCHES_FILTER)
+        messages = aiter(client.messages)
+        while len(client.messages) > 0:
+            await self.handle(client, await anext(messages))
+        log.info("left %s after draining; %d batches committed", topics.SHARED_BATCHES_FILTER, self._commits)
 
     async def handle(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
         payload = message.payload

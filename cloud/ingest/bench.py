@@ -1,0 +1,236 @@
+"""`gridtokenx bench ingest`: verified readings per second persisted by 1 and by 2 consumer processes.
+
+Pre-signs N readings of M registered meters, publishes them as batches to a local Mosquitto (the
+project's cloud config) as one gateway, and times first publish → last ack, with real consumer
+processes (`gridtokenx cloud run --role ingest`) writing to a scratch PostgreSQL database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import aiomqtt
+import asyncpg
+import base58
+import click
+
+from cloud import db
+from cloud.ingest import admin
+from cloud.ingest.meters_csv import MeterRow
+from gridtokenx.brokers import Mosquitto, free_port
+from protocol import topics
+from protocol.envelopes import Batch, BatchItem, decode_ack, encode
+from protocol.reading import Reading
+from protocol.wire import secret_key_from_seed, sign_reading
+
+GATEWAY = "bench-gw"
+INTERVAL = 900
+
+
+@dataclass(frozen=True, slots=True)
+class Round:
+    consumers: int
+    readings: int
+    seconds: float
+    readings_per_second: float
+    stored: int
+
+
+def _dsn_with_db(dsn: str, database: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
+
+
+def _fleet(meters: int, readings: int, batch_size: int) -> tuple[list[MeterRow], list[bytes]]:
+    """Registry rows and pre-encoded batch envelopes (consistent registers, recent intervals)."""
+    rows: list[MeterRow] = []
+    secrets_: list[bytes] = []
+    for i in range(meters):
+        public, secret = secret_key_from_seed(hashlib.sha256(f"bench-{i}".encode()).digest())
+        meter_id = f"bench-{i:05d}"
+        wallet = base58.b58encode(hashlib.sha256(meter_id.encode()).digest()).decode()
+        rows.append(MeterRow(meter_id, base58.b58encode(public).decode(), wallet, "solar", 50_000))
+        secrets_.append(secret)
+    per_meter = -(-readings // meters)
+    now = int(time.time())
+    items: list[BatchItem] = []
+    for seq in range(1, per_meter + 1):
+        end = now - (per_meter - seq + 1) * INTERVAL // max(1, per_meter // 100 + 1) - 60
+        for row, secret in zip(rows, secrets_, strict=True):
+            if len(items) == readings:
+                break
+            reading = Reading(meter_id=row.meter_id, seq=seq, start=end - INTERVAL, end=end, export_wh=100,
+                              export_register_wh=seq * 100)
+            items.append(BatchItem(row.meter_id, seq, sign_reading(reading, secret)))
+    batches = [encode(Batch(gateway_id=GATEWAY, batch_id=f"{GATEWAY}-{n:06d}", sent_at=now,
+                            items=items[i:i + batch_size]))
+               for n, i in enumerate(range(0, len(items), batch_size))]
+    return rows, batches
+
+
+async def _prepare(dsn: str, rows: list[MeterRow]) -> None:
+    await db.migrate(dsn)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await admin.upsert_meters(conn, rows)
+    finally:
+        await conn.close()
+
+
+async def _count_and_reset(dsn: str, *, reset: bool) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        n = int(await conn.fetchval("SELECT count(*) FROM meter_readings"))
+        if reset:
+            await conn.execute("TRUNCATE meter_readings, rejected_readings CASCADE")
+        return n
+    finally:
+        await conn.close()
+
+
+def _start_consumer(dsn: str, broker_url: str, client_id: str, logdir: Path,
+                    profile_dir: Path | None = None) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    log = (logdir / f"{client_id}.log").open("ab")
+    profiler = ["-m", "cProfile", "-o", str(profile_dir / f"{client_id}.prof")] if profile_dir else []
+    proc = subprocess.Popen(
+        [sys.executable, *profiler, "-m", "gridtokenx", "cloud", "run", "--role", "ingest", "--database-url", dsn,
+         "--broker-url", broker_url, "--client-id", client_id, "--port", str(port), "--host", "127.0.0.1",
+         "--no-migrate", "--log-level", "WARNING"],
+        stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise click.ClickException(f"the consumer exited at start; see {logdir / client_id}.log")
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz",
+                                                                   timeout=1) as r:
+            if r.status == 200:
+                return proc, port
+        time.sleep(0.1)
+    proc.kill()
+    raise click.ClickException("the consumer did not become healthy within 30 s")
+
+
+async def _publish_and_wait(broker: Mosquitto, password: str, batches: list[bytes], limit: float) -> float:
+    async with aiomqtt.Client(broker.host, broker.port, username=GATEWAY, password=password,
+                              identifier=f"{GATEWAY}-{uuid.uuid4().hex[:6]}", clean_session=True) as client:
+        await client.subscribe(topics.acks(GATEWAY), qos=1)
+        pending = set(range(len(batches)))
+        started = time.perf_counter()
+
+        async def publish() -> None:
+            for payload in batches:
+                await client.publish(topics.batches(GATEWAY), payload, qos=1)
+
+        publisher = asyncio.create_task(publish())
+        async with asyncio.timeout(limit):
+            async for message in client.messages:
+                assert isinstance(message.payload, bytes)
+                pending.discard(int(decode_ack(message.payload).batch_id.rsplit("-", 1)[1]))
+                if not pending:
+                    break
+        await publisher
+        return time.perf_counter() - started
+
+
+def run_bench(*, admin_dsn: str, meters: int, readings: int, batch_size: int, rounds: tuple[int, ...],
+              timeout: float, profile_dir: Path | None = None) -> list[Round]:
+    name = f"gtx_bench_{uuid.uuid4().hex[:10]}"
+    dsn = _dsn_with_db(admin_dsn, name)
+    rows, batches = _fleet(meters, readings, batch_size)
+
+    async def admin_sql(sql: str) -> None:
+        conn = await asyncpg.connect(admin_dsn)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin_sql(f'CREATE DATABASE "{name}"'))
+    results: list[Round] = []
+    try:
+        asyncio.run(_prepare(dsn, rows))
+        with tempfile.TemporaryDirectory(prefix="gtx-bench-ingest-") as tmp:
+            password = secrets.token_urlsafe(12)
+            users = {"cloud-consumer": secrets.token_urlsafe(12), GATEWAY: password}
+            with Mosquitto(role="cloud", workdir=Path(tmp) / "broker", users=users) as broker:
+                for n in rounds:
+                    procs = [_start_consumer(dsn, broker.url_for("cloud-consumer"), f"bench-consumer-{n}-{i}",
+                                             Path(tmp), profile_dir) for i in range(n)]
+                    try:
+                        seconds = asyncio.run(_publish_and_wait(broker, password, batches, timeout))
+                    except TimeoutError as exc:
+                        logs = "\n".join((Path(tmp) / f"bench-consumer-{n}-{i}.log").read_text()[-1500:]
+                                         for i in range(n))
+                        raise click.ClickException(f"not every batch was acked within {timeout} s; "
+                                                   f"consumer logs:\n{logs}") from exc
+                    finally:
+                        for proc, _ in procs:
+                            proc.send_signal(signal.SIGTERM)
+                        for proc, _ in procs:
+                            try:
+                                proc.wait(15)
+                            except subprocess.TimeoutExpired:
+                                proc.kill()
+                                proc.wait()
+                    stored = asyncio.run(_count_and_reset(dsn, reset=True))
+                    results.append(Round(n, readings, round(seconds, 3), round(readings / seconds, 1), stored))
+    finally:
+        asyncio.run(admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    return results
+
+
+@click.command("ingest", help="Cloud ingest throughput: verified readings/s persisted to PostgreSQL by 1 and "
+               "then 2 consumer processes (real Mosquitto, real Postgres, a scratch database).")
+@click.option("--meters", type=int, default=500, show_default=True, help="Registered meters.")
+@click.option("--readings", type=int, default=30_000, show_default=True, help="Signed readings per round.")
+@click.option("--batch-size", type=int, default=500, show_default=True, help="Readings per batch envelope.")
+@click.option("--consumers", "rounds", default="1,2", show_default=True,
+              help="Comma-separated consumer process counts, one round each.")
+@click.option("--database-url", "admin_dsn",
+              default=lambda: os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
+              help="A PostgreSQL DSN allowed to CREATE DATABASE (a scratch database is made and dropped).")
+@click.option("--timeout", type=float, default=300.0, show_default=True, help="Seconds per round at most.")
+@click.option("--profile", "profile_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Run the consumers under cProfile, writing DIR/<client-id>.prof (slower).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def ingest(meters: int, readings: int, batch_size: int, rounds: str, admin_dsn: str, timeout: float,
+           profile_dir: Path | None, as_json: bool) -> None:
+    counts = tuple(int(c) for c in rounds.split(",") if c.strip())
+    if profile_dir is not None:
+        profile_dir.mkdir(parents=True, exist_ok=True)
+    if not counts or min(counts) < 1:
+        raise click.ClickException("--consumers must list positive counts, e.g. 1,2")
+    click.echo(f"signing {readings} readings of {meters} meters …", err=True)
+    try:
+        results = run_bench(admin_dsn=admin_dsn, meters=meters, readings=readings, batch_size=batch_size,
+                            rounds=counts, timeout=timeout, profile_dir=profile_dir)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise click.ClickException(f"cannot use PostgreSQL at {admin_dsn} ({exc}); start it or pass "
+                                   "--database-url") from exc
+    if as_json:
+        click.echo(json.dumps({"benchmark": "ingest", "meters": meters, "batch_size": batch_size,
+                               "cpus": os.cpu_count(), "rounds": [asdict(r) for r in results]}))
+        return
+    for r in results:
+        click.echo(f"{r.consumers} consumer(s): {r.readings} readings in {r.seconds:.2f} s = "
+                   f"{r.readings_per_second:,.0f} verified readings/s persisted ({r.stored} rows)")
+
+
+COMMANDS: list[click.Command] = [ingest]
