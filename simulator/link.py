@@ -97,10 +97,13 @@ class Link:
             self._close()
 
     async def _connect(self) -> bool:
+        self._close()  # a client the broker dropped still holds paho's socket pair
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=True,
                              protocol=mqtt.MQTTv311)
         client.username_pw_set(self.username, self.password)
-        client.max_inflight_messages_set(self.window)
+        # 0 = unlimited: the link keeps its own window, and paho then skips a scan of every
+        # outgoing message on each PUBACK (its queued-message bookkeeping).
+        client.max_inflight_messages_set(0)
         if self.broker.tls:
             client.tls_set_context(ssl.create_default_context(cafile=self._ca_file))
         client.on_connect = self._on_connect

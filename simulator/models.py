@@ -82,6 +82,7 @@ def unit(*parts: int) -> float:
     return (x >> 11) / float(1 << 53)
 
 
+@functools.lru_cache(maxsize=65_536)
 def salt(text: str) -> int:
     """A stable integer for a meter id (Python's hash() changes per process)."""
     return zlib.crc32(text.encode())
