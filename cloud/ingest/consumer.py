@@ -1,10 +1,11 @@
 """The MQTT shell of ingest: batches in from `$share/cloud/edge/+/batches`, acks out after commit.
 
-One batch at a time per process: parse → registry → context read → classify (verify + rules, the
-CPU-bound part) → one write statement → ack. More throughput comes from more consumer processes on
-the shared subscription, never from acking early. The MQTT session is persistent (clean_session
-False, QoS 1), so batches queued while this consumer was away are delivered when it returns;
-anything lost anyway is re-sent by the edge, which keeps every reading until it sees an ack.
+Per batch: parse → registry → verify signatures (the CPU-bound part, in a worker thread, overlapping
+the previous batch's commit) → context read → classify (rules) → one write statement → ack.
+More throughput comes from more consumer processes on the shared subscription, never from acking
+early. The MQTT session is persistent (clean_session False, QoS 1), so batches queued while this
+consumer was away are delivered when it returns; anything lost anyway is re-sent by the edge,
+which keeps every reading until it sees an ack.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import aiomqtt
 import asyncpg
@@ -23,7 +25,7 @@ import msgspec
 
 from cloud.db import create_pool
 from cloud.ingest.metrics import IngestMetrics
-from cloud.ingest.pipeline import Plan, classify, parse_items
+from cloud.ingest.pipeline import Parsed, Plan, classify, parse_items, verify_signatures
 from cloud.ingest.registry import Registry
 from cloud.ingest.rules import Limits
 from cloud.ingest.store import fetch_context, write_plan
@@ -34,6 +36,7 @@ from protocol.errors import ProtocolError
 from protocol.reasons import Reason
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Test-only: exit with status 137 right after the Nth commit, before its ack is published.
 CRASH_AFTER_COMMIT_ENV = "GRIDTOKENX_TEST_CRASH_AFTER_COMMIT"
@@ -99,18 +102,28 @@ class IngestConsumer:
                 backoff = min(backoff * 2, _BACKOFF_MAX)
 
     async def _loop(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
+        """Two-stage pipeline: batch N+1 is parsed and verified (worker thread) while batch N
+        commits and is acked; commits stay in arrival order, one at a time."""
         messages = aiter(client.messages)
         stopper = asyncio.ensure_future(stop.wait())
         try:
-            while True:
-                get = asyncio.ensure_future(anext(messages))
-                done, _ = await asyncio.wait({get, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                if get not in done:
-                    get.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                        await get
-                    return
-                await self.handle(client, get.result())
+            async with asyncio.TaskGroup() as tasks:
+                committing: asyncio.Task[None] | None = None
+                while True:
+                    get = asyncio.ensure_future(anext(messages))
+                    done, _ = await asyncio.wait({get, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                    if get not in done:
+                        get.cancel()
+                        with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                            await get
+                        return  # the TaskGroup waits for the commit in hand
+                    prepared = await self.prepare(get.result())
+                    if committing is not None:
+                        await committing
+                    committing = tasks.create_task(self.commit(client, prepared)) if prepared else None
+        except* aiomqtt.MqttError as group:
+            # Surface a lost connection as itself, so that `_consume` reconnects.
+            raise group.exceptions[0] from None
         finally:
             stopper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -130,6 +143,13 @@ class IngestConsumer:
         log.info("left %s after draining; %d batches committed", topics.SHARED_BATCHES_FILTER, self._commits)
 
     async def handle(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+        """One message start to end (used while draining)."""
+        prepared = await self.prepare(message)
+        if prepared is not None:
+            await self.commit(client, prepared)
+
+    async def prepare(self, message: aiomqtt.Message) -> Prepared | None:
+        """Decode the envelope, parse the items, verify signatures; None for a bad envelope."""
         payload = message.payload
         topic = message.topic.value
         try:
@@ -144,8 +164,25 @@ class IngestConsumer:
             # that gateway; without a trustworthy envelope there is nobody to ack. Count and go on.
             self.metrics.bad_envelopes.inc()
             log.warning("bad batch envelope on %s (%d bytes): %s", topic, len(payload or b""), exc)
-            return
-        plan = await self._persist_with_retry(batch)
+            return None
+        started = time.perf_counter()
+        parsed = parse_items(batch)
+        meter_ids = {p.signed.reading.meter_id for p in parsed if p.signed is not None}
+        await self._with_db_retry(batch, lambda conn: self._refresh_registry(conn, meter_ids))
+        verified = await asyncio.to_thread(verify_signatures, parsed, self.registry.get)
+        self.metrics.verify_seconds.observe(time.perf_counter() - started)
+        return Prepared(batch, parsed, verified)
+
+    async def _refresh_registry(self, conn: asyncpg.Connection, meter_ids: set[str]) -> None:
+        await self.registry.refresh_if_due(conn)
+        await self.registry.ensure(conn, meter_ids)
+
+    async def commit(self, client: aiomqtt.Client, prepared: Prepared) -> None:
+        batch = prepared.batch
+        plan = await self._with_db_retry(batch, lambda conn: self.persist(conn, prepared))
+        for meter_id, why in plan.quarantine.items():
+            self.registry.mark(meter_id, "quarantined")
+            log.warning("meter %s quarantined: %s", meter_id, why)
         self._commits += 1
         if self._crash_after is not None and self._commits >= self._crash_after:
             log.warning("%s=%d: exiting after commit, before the ack", CRASH_AFTER_COMMIT_ENV, self._crash_after)
@@ -156,38 +193,33 @@ class IngestConsumer:
         self.metrics.record(plan)
         self.metrics.batches.inc()
 
-    async def _persist_with_retry(self, batch: Batch) -> Plan:
-        """Postgres being away is a dependency failure, not bad input: retry the same batch (the
+    async def _with_db_retry(self, batch: Batch, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """Postgres being away is a dependency failure, not bad input: retry the same step (every
         write is idempotent) with backoff; the edge's readings stay unacked meanwhile."""
+        assert self._pool is not None
         backoff = _BACKOFF_START
         while True:
             try:
-                return await self.persist(batch)
+                async with self._pool.acquire() as conn:
+                    return await work(conn)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.error("persisting batch %s failed (%s); retrying in %.1f s", batch.batch_id, exc, backoff)
+                log.error("database step for batch %s failed (%s); retrying in %.1f s", batch.batch_id, exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
 
-    async def persist(self, batch: Batch) -> Plan:
-        assert self._pool is not None
+    async def persist(self, conn: asyncpg.Connection, prepared: Prepared) -> Plan:
         started = time.perf_counter()
-        parsed = parse_items(batch)
-        keys = [p.signed.key for p in parsed if p.signed is not None]
-        async with self._pool.acquire() as conn:
-            await self.registry.refresh_if_due(conn)
-            await self.registry.ensure(conn, {k[0] for k in keys})
-            db_started = time.perf_counter()
-            context = await fetch_context(conn, keys)
-            cpu_started = time.perf_counter()
-            plan = classify(batch, parsed, context, self.registry.get, limits=self.limits,
-                            now=int(self._clock()))
-            write_started = time.perf_counter()
-            await write_plan(conn, plan)
-            done = time.perf_counter()
-        for meter_id in plan.quarantine:
-            self.registry.mark(meter_id, "quarantined")
-            log.warning("meter %s quarantined: %s", meter_id, plan.quarantine[meter_id])
-        self.metrics.verify_seconds.observe((db_started - started) + (write_started - cpu_started))
-        self.metrics.commit_seconds.observe((cpu_started - db_started) + (done - write_started))
+        keys = [p.signed.key for p in prepared.parsed if p.signed is not None]
+        context = await fetch_context(conn, keys)
+        plan = classify(prepared.batch, prepared.parsed, prepared.verified, context, self.registry.get,
+                        limits=self.limits, now=int(self._clock()))
+        await write_plan(conn, plan)
+        self.metrics.commit_seconds.observe(time.perf_counter() - started)
         return plan
 
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    batch: Batch
+    parsed: list[Parsed]
+    verified: frozenset[int]

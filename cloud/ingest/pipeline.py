@@ -20,7 +20,7 @@ The I/O around it (`store`) supplies the `StoredContext` of each key and persist
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
 from cloud.ingest.registry import MeterRecord
@@ -117,7 +117,25 @@ def parse_items(batch: Batch) -> list[Parsed]:
     return out
 
 
-def classify(batch: Batch, parsed: list[Parsed], context: Mapping[Key, StoredContext],
+def verify_signatures(parsed: list[Parsed], meter: Callable[[str], MeterRecord | None]) -> frozenset[int]:
+    """Indices of the parsed items whose signature verifies with a key valid for them.
+
+    The CPU-bound step (~42 µs per reading). It needs only the registry's keys, not Postgres, so
+    the consumer runs it in a worker thread (libsodium releases the GIL) while the previous batch
+    commits.
+    """
+    good: list[int] = []
+    for p in parsed:
+        signed = p.signed
+        if signed is None:
+            continue
+        record = meter(signed.reading.meter_id)
+        if record is not None and record.verifies(signed.reading, signed.message, signed.signature):
+            good.append(p.index)
+    return frozenset(good)
+
+
+def classify(batch: Batch, parsed: list[Parsed], verified: Collection[int], context: Mapping[Key, StoredContext],
              meter: Callable[[str], MeterRecord | None], *, limits: Limits, now: int) -> Plan:
     plan = Plan(batch)
     valid: list[tuple[Key, int, Parsed, SignedReading]] = []
@@ -142,7 +160,7 @@ def classify(batch: Batch, parsed: list[Parsed], context: Mapping[Key, StoredCon
         if record is None:
             plan.reject(p, meter_id, seq, Reason.UNKNOWN_METER, f"meter {meter_id!r} is not in the registry")
             continue
-        if not record.verifies(signed.reading, signed.message, signed.signature):
+        if p.index not in verified:
             plan.reject(p, meter_id, seq, Reason.BAD_SIGNATURE,
                         f"signature does not verify with the registered key of {meter_id!r}")
             continue

@@ -8,7 +8,7 @@ import base58
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cloud.ingest.pipeline import StoredContext, classify, parse_items
+from cloud.ingest.pipeline import StoredContext, classify, parse_items, verify_signatures
 from cloud.ingest.registry import KeyRecord, MeterRecord
 from cloud.ingest.rules import Limits, RegisterPoint, check_reading, check_register
 from protocol.envelopes import Batch, BatchItem
@@ -101,7 +101,9 @@ def test_classify_duplicates_claims_and_rotated_keys() -> None:
         BatchItem("m1", 9, sign_reading(r3, secret)),      # claim ≠ payload
     ]
     batch = Batch(gateway_id="gw", batch_id="b", sent_at=NOW, items=items)
-    plan = classify(batch, parse_items(batch), {}, {"m1": record}.get, limits=LIMITS, now=NOW)
+    parsed = parse_items(batch)
+    verified = verify_signatures(parsed, {"m1": record}.get)
+    plan = classify(batch, parsed, verified, {}, {"m1": record}.get, limits=LIMITS, now=NOW)
     assert [(r.status, r.reason) for r in plan.results()] == [
         ("accepted", None), ("accepted", None), ("duplicate", None), ("rejected", Reason.BAD_SIGNATURE),
         ("rejected", Reason.MALFORMED)]
@@ -115,7 +117,9 @@ def test_classify_uses_stored_context() -> None:
     batch = Batch(gateway_id="gw", batch_id="b", sent_at=NOW,
                   items=[BatchItem("m1", 2, payload), BatchItem("m1", 3, sign_reading(reading(3, 50, 1_200), secret))])
     stored = {("m1", 2): StoredContext(other, RegisterPoint(1, 100, 1_000), None)}
-    plan = classify(batch, parse_items(batch), stored, {"m1": record}.get, limits=LIMITS, now=NOW)
+    parsed = parse_items(batch)
+    verified = verify_signatures(parsed, {"m1": record}.get)
+    plan = classify(batch, parsed, verified, stored, {"m1": record}.get, limits=LIMITS, now=NOW)
     assert [(r.status, r.reason) for r in plan.results()] == [
         ("rejected", Reason.EQUIVOCATION), ("rejected", Reason.SUSPENDED_METER)]
     assert "m1" in plan.quarantine
