@@ -15,11 +15,23 @@ from tests.helpers import wait_for
 LocalnetFactory = Callable[..., str]
 
 
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @pytest.fixture
 def localnet_factory(tmp_path: Path) -> Iterator[LocalnetFactory]:
+    """start(*flags) -> url; start(..., stop_previous=True) first stops the last started node."""
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start(*flags: str) -> str:
+    def start(*flags: str, stop_previous: bool = False) -> str:
+        if stop_previous and procs:
+            _stop(procs[-1])
         ready = tmp_path / f"localnet-{len(procs)}.json"
         log = (tmp_path / f"localnet-{len(procs)}.log").open("wb")
         proc = subprocess.Popen([sys.executable, "-m", "gridtokenx", "localnet", "--port", "0",
@@ -32,9 +44,5 @@ def localnet_factory(tmp_path: Path) -> Iterator[LocalnetFactory]:
 
     yield start
     for proc in procs:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:
+            _stop(proc)
