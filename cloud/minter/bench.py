@@ -77,14 +77,14 @@ async def _bench(admin_dsn: str, meters: int, wallets: int, backlog: int, rate: 
                                    [(m, str(Keypair().pubkey()), fleet.wallets[m]) for m in fleet.meters])
             await conn.execute(_INSERT, *fleet.rows(backlog))
             with tempfile.TemporaryDirectory(prefix="gtx-bench-chain-") as state:
-                tok = dataclasses.replace(TokenizationSettings(), polling_interval_secs=polling, batch_size=batch_size,
-                                          max_batches_per_poll=max(64, batch_size // 10))
+                tok = dataclasses.replace(TokenizationSettings(), polling_interval_secs=polling,
+                                          batch_size=batch_size, max_batches_per_poll=max(64, batch_size // 10))
                 settings = CloudSettings(database_url=dsn, tokenization=tok,
                                          chain=ChainSettings(state_dir=Path(state), confirm_poll_secs=0.2))
                 stop = asyncio.Event()
                 started = time.monotonic()
                 minter = asyncio.create_task(run_minter(settings, stop))
-                drain = await _wait_drained(conn, minter, timeout=600)
+                drain = await _wait_drained(conn, minter, limit_secs=600)
                 drain_secs = time.monotonic() - started
                 mint_tos = await conn.fetchval("SELECT coalesce(sum(cardinality(wallets)), 0) FROM mint_batches")
                 steady_from = await conn.fetchval("SELECT coalesce(max(id), 0) FROM meter_readings")
@@ -94,13 +94,12 @@ async def _bench(admin_dsn: str, meters: int, wallets: int, backlog: int, rate: 
                     tick = time.monotonic()
                     await conn.execute(_INSERT, *fleet.rows(per_tick))
                     await asyncio.sleep(max(0.0, 0.1 - (time.monotonic() - tick)))
-                await _wait_drained(conn, minter, timeout=120)
+                await _wait_drained(conn, minter, limit_secs=120)
                 lat = await conn.fetchrow(
-                    "SELECT count(*) AS n,"
-                    " percentile_cont(0.5) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM minted_at - submitted_at)) AS p50,"
-                    " percentile_cont(0.95) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM minted_at - submitted_at)) AS p95,"
-                    " max(EXTRACT(EPOCH FROM minted_at - submitted_at)) AS max"
-                    " FROM meter_readings WHERE id > $1", steady_from)
+                    "SELECT count(*) AS n, percentile_cont(0.5) WITHIN GROUP (ORDER BY s) AS p50,"
+                    " percentile_cont(0.95) WITHIN GROUP (ORDER BY s) AS p95, max(s) AS max"
+                    " FROM (SELECT EXTRACT(EPOCH FROM minted_at - submitted_at) AS s"
+                    "       FROM meter_readings WHERE id > $1) AS latencies", steady_from)
                 stop.set()
                 await minter
             return {
@@ -124,8 +123,8 @@ def _r(value: Any) -> float | None:
     return None if value is None else round(float(value), 3)
 
 
-async def _wait_drained(conn: asyncpg.Connection, minter: asyncio.Task[None], *, timeout: float) -> int:
-    deadline = time.monotonic() + timeout
+async def _wait_drained(conn: asyncpg.Connection, minter: asyncio.Task[None], *, limit_secs: float) -> int:
+    deadline = time.monotonic() + limit_secs
     while True:
         if minter.done():
             minter.result()
@@ -134,7 +133,7 @@ async def _wait_drained(conn: asyncpg.Connection, minter: asyncio.Task[None], *,
         if left == 0:
             return int(await conn.fetchval("SELECT count(*) FROM meter_readings WHERE minted"))
         if time.monotonic() > deadline:
-            raise click.ClickException(f"{left} readings still unminted after {timeout:.0f}s")
+            raise click.ClickException(f"{left} readings still unminted after {limit_secs:.0f}s")
         await asyncio.sleep(0.05)
 
 

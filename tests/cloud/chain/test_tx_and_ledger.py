@@ -89,7 +89,7 @@ def test_journal_restores_balances_supply_and_history(tmp_path: Path) -> None:
         assert mint is not None and decode_mint_supply(bytes(mint.data)) == 1234
         sig = str(tx.signatures[0])
         assert again.history[sig].memo == memo_for(7)
-        assert [r.signature for r in again.signatures_for(str(identity.authority.pubkey()))][0] == sig
+        assert again.signatures_for(str(identity.authority.pubkey()))[0].signature == sig
         # Every hash handed out before the restart is expired now; the same bytes can never land twice.
         assert again.block_height > height + again.blockhash_ttl
         with pytest.raises(TxRefused):

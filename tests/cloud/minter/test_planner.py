@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from fractions import Fraction
 
 from hypothesis import given, settings
@@ -23,12 +24,13 @@ def test_any_split_into_batches_mints_exactly_the_entitlement(whs: list[int], cu
     bounds = sorted({0, len(readings), *[c % (len(readings) + 1) for c in cuts]})
     ledger = MeterLedger()
     minted = 0
-    for lo, hi in zip(bounds, bounds[1:], strict=False):
+    for lo, hi in itertools.pairwise(bounds):
         part = readings[lo:hi]
         units = attribute(part, {"m": ledger}, ratio=ratio, decimals=decimals)
         assert all(u >= 0 for u in units.values())
         minted += sum(units.values())
-        ledger = MeterLedger(ledger.minted_wh + sum(r.export_wh for r in part), ledger.minted_units + sum(units.values()))
+        ledger = MeterLedger(ledger.minted_wh + sum(r.export_wh for r in part),
+                             ledger.minted_units + sum(units.values()))
     assert minted == entitled_base_units(sum(whs), ratio=ratio, decimals=decimals)
 
 
