@@ -56,7 +56,8 @@ class BenchResult(msgspec.Struct, kw_only=True):
 @click.option("--json", "as_json", is_flag=True, help="Print only the JSON result.")
 def sim_bench(meters: int, seconds: float, rate: float, interval: int, connections: int, window: int | None,
               as_json: bool) -> None:
-    """1,000 meters by default, QoS 1, into a local Mosquitto started for the run."""
+    """Simulator load: acknowledged readings/s one process sustains into a local Mosquitto (started
+    for the run) with 1,000 meters at QoS 1, each on its own connection by default."""
     with tempfile.TemporaryDirectory(prefix="gtx-bench-sim-") as tmp:
         keys_dir = Path(tmp) / "keys"
         keygen(keys_dir, meters, seed=1)

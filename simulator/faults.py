@@ -27,7 +27,7 @@ import msgspec
 from protocol import legacy
 from protocol.reading import Reading
 from protocol.reasons import Reason
-from protocol.wire import MAX_PAYLOAD_BYTES, V1_PREFIX, encode_v1_message
+from protocol.wire import MAX_PAYLOAD_BYTES, V1_PREFIX
 
 #: How far outside the cloud's time window the time faults land (its limits are 7 days and 5 min).
 TOO_OLD_SECONDS = 8 * 86_400
@@ -67,8 +67,6 @@ _EXPECTED: dict[Fault, str] = {
     Fault.OVERSIZED: Reason.OVERSIZED, Fault.WRONG_TOPIC: DENIED,
 }
 
-#: Faults that need the meter's previous good reading (nothing to replay before the first one).
-NEEDS_PREVIOUS = frozenset({Fault.REPLAY, Fault.EQUIVOCATION})
 #: Faults that only make sense with a cumulative register (v1).
 V1_ONLY = frozenset({Fault.REGISTER_REGRESSION})
 
@@ -132,7 +130,3 @@ def malformed_message(reading: Reading, wallet: str, fmt: str) -> bytes:
 def oversized_message(message: bytes) -> bytes:
     """The message padded past the protocol's 4096-byte payload limit (under the broker's 8 KiB)."""
     return message + b" " * (MAX_PAYLOAD_BYTES + 64 - len(message))
-
-
-def v1_message(reading: Reading) -> bytes:
-    return encode_v1_message(reading)
