@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 import json
 import logging
-import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
@@ -23,7 +22,7 @@ from cloud.ingest.consumer import IngestConsumer
 from cloud.ingest.metrics import IngestMetrics
 from cloud.settings import CloudSettings
 from gridtokenx import logs
-from gridtokenx.config import BrokerURL, ConfigError, load
+from gridtokenx.config import ConfigError, load
 from gridtokenx.observability import ObservabilityServer
 
 T = TypeVar("T")
@@ -35,18 +34,9 @@ _dsn = click.option("--database-url", help="PostgreSQL DSN [env DATABASE_URL].")
 _json = click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of text.")
 
 
-_BROKER_ENV = "GRIDTOKENX_CLOUD_BROKER_URL"
-
-
 def _settings(config: Path | None, **overrides: Any) -> CloudSettings:
-    # gridtokenx.config coerces a BrokerURL string as a nested dataclass section and fails, so the
-    # broker URL (flag, else environment) is parsed here and passed as an already-typed override.
-    env = dict(os.environ)
-    url = overrides.get("broker_url") or env.pop(_BROKER_ENV, None)
     try:
-        if url:
-            overrides["broker_url"] = BrokerURL.parse(url)
-        return load(CloudSettings, config, overrides=overrides, env=env)
+        return load(CloudSettings, config, overrides=overrides)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
 
