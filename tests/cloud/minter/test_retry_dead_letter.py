@@ -105,3 +105,14 @@ async def _first_id(dsn: str) -> int:
         return int(await conn.fetchval("SELECT min(id) FROM meter_readings"))
     finally:
         await conn.close()
+
+
+def test_retry_disabled_sends_failures_to_manual_review_at_once() -> None:
+    from cloud.minter.retry import after_failure
+    from cloud.settings import TokenizationSettings
+
+    on = after_failure(0, TokenizationSettings())
+    assert (on.attempts, on.delay_seconds, on.dead_letter) == (1, 300.0, False)
+    assert after_failure(9, TokenizationSettings()).dead_letter  # the 10th failure: TOKENIZATION_MAX_RETRY_ATTEMPTS
+    off = after_failure(0, TokenizationSettings(retry_enabled=False))
+    assert off.dead_letter
