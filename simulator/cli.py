@@ -156,24 +156,27 @@ async def _run(settings: sim_settings.SimSettings, *, live: bool) -> FleetReport
     if not (live and console.is_terminal):
         return await run_fleet(settings, stop=stop)
     with Live(console=console, refresh_per_second=2, transient=False) as view:
-        last = {"t": time.monotonic(), "acked": 0}
+        last = {"t": time.monotonic(), "generated": 0, "published": 0, "acked": 0}
 
         def progress(stats: Stats, fleet: Fleet) -> None:
             now = time.monotonic()
-            per_s = (stats.acked - last["acked"]) / max(now - last["t"], 1e-6)
-            last.update(t=now, acked=stats.acked)
+            span = max(now - last["t"], 1e-6)
+            per_s = {name: (getattr(stats, name) - last[name]) / span for name in ("generated", "published", "acked")}
+            last.update(t=now, generated=stats.generated, published=stats.published, acked=stats.acked)
             view.update(_progress_table(stats, fleet, per_s))
 
         return await run_fleet(settings, stop=stop, progress=progress)
 
 
-def _progress_table(stats: Stats, fleet: Fleet, per_s: float) -> Table:
+def _progress_table(stats: Stats, fleet: Fleet, per_s: dict[str, float]) -> Table:
     table = Table(title="gridtokenx sim", show_header=False)
     sim_time = time.strftime("%Y-%m-%d %H:%M", time.gmtime(fleet.sim_now))
     connected = sum(link.connected for link in fleet.links)
     rows = [("simulated time (UTC)", sim_time), ("connections up", f"{connected}/{len(fleet.links)}"),
-            ("generated", str(stats.generated)), ("published", str(stats.published)),
-            ("acked (PUBACK)", str(stats.acked)), ("acked/s", f"{per_s:,.0f}"),
+            ("generated (attempted)", f"{stats.generated:,}  ({per_s['generated']:,.0f}/s)"),
+            ("published", f"{stats.published:,}  ({per_s['published']:,.0f}/s)"),
+            ("acked (PUBACK)", f"{stats.acked:,}  ({per_s['acked']:,.0f}/s)"),
+            ("latency p50/p99 ms (last s)", "{0.p50} / {0.p99}".format(stats.recent_percentiles())),
             ("waiting", str(fleet.backlog)), ("errors", ", ".join(f"{k}={v}" for k, v in stats.errors.items()) or
                                               "none"),
             ("faults injected", ", ".join(f"{f.value}={len(v)}" for f, v in stats.faults.items()) or "none")]

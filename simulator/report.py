@@ -93,6 +93,7 @@ class Stats:
     first_sent: float | None = None
     last_ack: float | None = None
     _latency: list[float] = field(default_factory=list)
+    _recent: list[float] = field(default_factory=list)
     _samples: int = 0
     _rng: random.Random = field(default_factory=lambda: random.Random(0))
 
@@ -129,6 +130,8 @@ class Stats:
 
     def _sample(self, ms: float) -> None:
         self._samples += 1
+        if len(self._recent) < _RESERVOIR:
+            self._recent.append(ms)
         if len(self._latency) < _RESERVOIR:
             self._latency.append(ms)
         else:
@@ -137,14 +140,12 @@ class Stats:
                 self._latency[slot] = ms
 
     def percentiles(self) -> Percentiles:
-        data = sorted(self._latency)
-        if not data:
-            return Percentiles(0.0, 0.0, 0.0, 0.0)
+        return _percentiles(self._latency)
 
-        def at(q: float) -> float:
-            return round(data[min(len(data) - 1, int(q * len(data)))], 3)
-
-        return Percentiles(at(0.50), at(0.95), at(0.99), round(data[-1], 3))
+    def recent_percentiles(self) -> Percentiles:
+        """Latency since the previous call: what the live view shows each second."""
+        recent, self._recent = self._recent, []
+        return _percentiles(recent)
 
     def rate(self) -> float:
         if self.first_sent is None or self.last_ack is None or self.last_ack <= self.first_sent:
@@ -157,3 +158,14 @@ class Stats:
     def fault_summaries(self) -> dict[str, FaultSummary]:
         return {f.value: FaultSummary(len(keys), expected_reason(f, multiplexed=self.multiplexed), keys)
                 for f, keys in sorted(self.faults.items())}
+
+
+def _percentiles(samples: list[float]) -> Percentiles:
+    data = sorted(samples)
+    if not data:
+        return Percentiles(0.0, 0.0, 0.0, 0.0)
+
+    def at(q: float) -> float:
+        return round(data[min(len(data) - 1, int(q * len(data)))], 3)
+
+    return Percentiles(at(0.50), at(0.95), at(0.99), round(data[-1], 3))

@@ -6,10 +6,13 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+from gridtokenx.brokers import free_port, generate_dev_certs
 from simulator.fleet import run_fleet
-from simulator.keystore import load_keys
-from simulator.settings import MeterSettings
+from simulator.keystore import keygen, load_keys
+from simulator.settings import BrokerSettings, MeterSettings, RunSettings, SigningSettings, SimSettings
+from tests.conftest import BrokerFactory
 from tests.simulator.checks import assert_continuous, registry, verified_series
 from tests.simulator.conftest import Fleet, finish, subscriber
 
@@ -89,5 +92,26 @@ def test_legacy_format_signs_the_gateway_string(fleet_factory: Callable[..., Fle
             assert {r.claimed_wallet for r in readings.values()} == {wallets[meter_id]}
             assert_continuous(readings, step=300)  # legacy seq is the timestamp
             assert report.per_meter[meter_id].export_wh == sum(r.reading.export_wh for r in readings.values())
+
+    asyncio.run(scenario())
+
+
+def test_meters_publish_over_tls(tmp_path: Path, broker_factory: BrokerFactory) -> None:
+    keygen(tmp_path / "keys", 2, seed=9)
+    keys = load_keys(tmp_path / "keys")
+    certs = generate_dev_certs(tmp_path / "certs")
+    tls_port = free_port()
+    broker = broker_factory("edge", users={k.meter_id: k.mqtt_password for k in keys}, tls_port=tls_port,
+                            certs_dir=certs)
+    settings = SimSettings(
+        broker=BrokerSettings(url=f"mqtts://localhost:{tls_port}", ca_file=certs / "ca.crt"),
+        signing=SigningSettings(keys_dir=tmp_path / "keys"), run=RunSettings(speed=DAY / 2, duration=1.0))
+
+    async def scenario() -> None:
+        async with subscriber(broker) as received:
+            report = await run_fleet(settings)
+            await finish(broker, keys[0], received)
+        assert report.errors == {} and report.acked == len(received.messages) == 2 * 48
+        verified_series(received.messages, registry(tmp_path / "keys"))
 
     asyncio.run(scenario())
