@@ -153,23 +153,17 @@ class Buffer:
                     self._quarantine(v.topic, v.payload, v.meter_id, v.seq, v.reason, v.detail, now)
                     out.quarantined[v.reason.value] += 1
                     continue
-                existing = db.execute("SELECT payload FROM readings WHERE meter_id = ? AND seq = ?",
-                                      (v.meter_id, v.seq)).fetchone()
-                if existing is not None:
-                    if existing[0] == v.payload:
-                        out.duplicates += 1  # a redelivery (DUP) of what we hold: ack, store once
-                    else:
-                        # Never overwrite: the first stays for the cloud to judge, the second is evidence.
-                        self._quarantine(f"meters/{v.meter_id}/readings", v.payload, v.meter_id, v.seq,
-                                         Reason.EQUIVOCATION, "different bytes for a (meter_id, seq) "
-                                         "already in the buffer; the first is kept and forwarded", now)
-                        out.quarantined[Reason.EQUIVOCATION.value] += 1
+                # When full, a re-delivery must not cost a drop: look for it before the policy runs.
+                full = self._over(1, len(v.payload)) is not None
+                if full and (self._held(v, now, out) or not self._make_room(v, now, out)):
                     continue
-                if not self._make_room(v, now, out):
+                inserted = db.execute(
+                    "INSERT INTO readings(meter_id, seq, payload, size, reading_end, received_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (meter_id, seq) DO NOTHING",
+                    (v.meter_id, v.seq, v.payload, len(v.payload), v.reading_end, now)).rowcount
+                if not inserted:
+                    self._held(v, now, out)
                     continue
-                db.execute("INSERT INTO readings(meter_id, seq, payload, size, reading_end, received_at) "
-                           "VALUES (?, ?, ?, ?, ?, ?)",
-                           (v.meter_id, v.seq, v.payload, len(v.payload), v.reading_end, now))
                 self.counts.pending += 1
                 self.counts.backlog_bytes += len(v.payload)
                 out.stored += 1
@@ -178,6 +172,22 @@ class Buffer:
             self._bump({"received": len(verdicts), "stored": out.stored, "duplicates": out.duplicates,
                         "quarantined": sum(out.quarantined.values()), "dropped": len(out.drops)})
         return out
+
+    def _held(self, v: Accepted, now: float, out: IngestOutcome) -> bool:
+        """True when the buffer already holds (meter_id, seq): a duplicate, or equivocation evidence."""
+        row = self._db.execute("SELECT payload FROM readings WHERE meter_id = ? AND seq = ?",
+                               (v.meter_id, v.seq)).fetchone()
+        if row is None:
+            return False
+        if row[0] == v.payload:
+            out.duplicates += 1  # a re-delivery (DUP) of what we hold: ack it, store it once
+        else:
+            # Never overwrite: the first stays for the cloud to judge, the second is kept as evidence.
+            self._quarantine(f"meters/{v.meter_id}/readings", v.payload, v.meter_id, v.seq, Reason.EQUIVOCATION,
+                             "different bytes for a (meter_id, seq) already in the buffer; the first is "
+                             "kept and forwarded", now)
+            out.quarantined[Reason.EQUIVOCATION.value] += 1
+        return True
 
     def _quarantine(self, topic: str, payload: bytes, meter_id: str | None, seq: int | None,
                     reason: Reason, detail: str, now: float) -> None:

@@ -45,7 +45,7 @@ class EdgeSettings:
     ttl_seconds: float = field(default=7 * 86400.0, metadata={"env": "GRIDTOKENX_EDGE_TTL_SECONDS"})
     """0 = readings never expire. Default matches the cloud's 7-day maximum reading age."""
     synchronous: str = field(default="NORMAL", metadata={"env": "GRIDTOKENX_EDGE_SYNCHRONOUS"})
-    commit_max: int = field(default=1000, metadata={"env": "GRIDTOKENX_EDGE_COMMIT_MAX"})
+    commit_max: int = field(default=500, metadata={"env": "GRIDTOKENX_EDGE_COMMIT_MAX"})
     commit_linger_ms: float = field(default=5.0, metadata={"env": "GRIDTOKENX_EDGE_COMMIT_LINGER_MS"})
 
     # Forwarding

@@ -52,7 +52,7 @@ Acker = Callable[[int, int], None]
 
 class Writer:
     def __init__(self, buffer: Buffer, *, metrics: EdgeMetrics, keys: Mapping[str, bytes] | None,
-                 commit_max: int = 1000, linger_s: float = 0.005) -> None:
+                 commit_max: int = 500, linger_s: float = 0.005) -> None:
         self.buffer = buffer
         self._metrics = metrics
         self._keys = keys
