@@ -39,6 +39,9 @@ class BenchResult(msgspec.Struct, kw_only=True):
     latency_ms: Percentiles
     sim_cpu_percent: float
     """CPU of the simulator process (100 = one core)."""
+    sim_cpu_us_per_reading: float
+    """Simulator CPU time (user + system) per acknowledged reading: a figure that depends less on
+    what else the machine is running than `rate` does."""
     broker_cpu_percent: float
     machine: str
 
@@ -75,6 +78,7 @@ def sim_bench(meters: int, seconds: float, rate: float, interval: int, connectio
             assert broker.pid is not None
             broker_proc, me = psutil.Process(broker.pid), psutil.Process()
             broker_proc.cpu_percent(), me.cpu_percent()
+            cpu_before = sum(me.cpu_times()[:2])
             started = time.monotonic()
             report = asyncio.run(_load(settings, seconds))
             elapsed = time.monotonic() - started
@@ -83,6 +87,7 @@ def sim_bench(meters: int, seconds: float, rate: float, interval: int, connectio
                 offered_rate=rate, rate=report.rate, acked=report.acked, published=report.published,
                 pending=report.pending, errors=report.errors, latency_ms=report.latency_ms,
                 sim_cpu_percent=me.cpu_percent(), broker_cpu_percent=broker_proc.cpu_percent(),
+                sim_cpu_us_per_reading=round((sum(me.cpu_times()[:2]) - cpu_before) / max(report.acked, 1) * 1e6, 1),
                 machine=f"{platform.machine()}, {psutil.cpu_count()} cores, load {psutil.getloadavg()[0]:.1f}",
             )
     if as_json:
