@@ -43,9 +43,10 @@ class RpcBackend:
         self.client = AsyncClient(url, commitment=Confirmed, timeout=timeout, http2=False)
 
     async def _call(self, awaitable: Awaitable[T]) -> T:
+        """Transport trouble and node errors alike mean "we do not know": retry later."""
         try:
             return await awaitable
-        except (TimeoutError, SolanaRpcException, OSError, RPCNoResultException) as exc:
+        except (TimeoutError, SolanaRpcException, OSError, RPCNoResultException, RPCException) as exc:
             raise ChainUnavailable(f"{self.url}: {_why(exc)}") from exc
 
     async def latest_blockhash(self) -> RecentBlockhash:
@@ -57,9 +58,11 @@ class RpcBackend:
 
     async def send(self, raw: bytes) -> None:
         try:
-            await self._call(self.client.send_raw_transaction(raw, _SEND_OPTS))
+            await self.client.send_raw_transaction(raw, _SEND_OPTS)
         except RPCException as exc:
             raise SendRefused(str(exc)) from exc
+        except (TimeoutError, SolanaRpcException, OSError, RPCNoResultException) as exc:
+            raise ChainUnavailable(f"{self.url}: {_why(exc)}") from exc
 
     async def signature_statuses(self, signatures: list[str]) -> list[SignatureStatus | None]:
         out: list[SignatureStatus | None] = []
@@ -78,8 +81,8 @@ class RpcBackend:
     async def block_time(self, signature: str, slot: int) -> int | None:
         try:
             return (await self._call(self.client.get_block_time(slot))).value
-        except RPCException:
-            return None
+        except ChainUnavailable:
+            return None  # block time is informative; the slot is what we record
 
     async def signatures_for_address(self, address: Pubkey, *, before: str | None = None,
                                      limit: int = 1000) -> list[SignatureInfo]:
@@ -109,9 +112,9 @@ class RpcBackend:
     async def airdrop(self, address: Pubkey, lamports: int) -> None:
         before = await self.lamports(address)
         try:
-            await self._call(self.client.request_airdrop(address, lamports))
-        except RPCException as exc:
-            raise SendRefused(f"airdrop refused ({exc}); fund {address} by hand") from exc
+            await self.client.request_airdrop(address, lamports)
+        except (RPCException, SolanaRpcException) as exc:
+            raise SendRefused(f"airdrop refused ({_why(exc)}); fund {address} by hand") from exc
         for _ in range(100):
             if await self.lamports(address) > before:
                 return

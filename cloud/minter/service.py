@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import asyncpg
 from solders.pubkey import Pubkey
@@ -182,7 +182,7 @@ class Minter:
                 await self.serve_requests()
                 open_count = await self.drive()
                 failures = 0
-            except (TimeoutError, ChainError, OSError, asyncpg.PostgresError) as exc:
+            except (TimeoutError, ChainError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 failures += 1
                 level = logging.WARNING if failures == 1 else logging.DEBUG
                 log.log(level, "minter pass failed (%s: %s); retrying", type(exc).__name__, exc)
@@ -204,7 +204,7 @@ class Minter:
             try:
                 if await self.drive() == 0:
                     return
-            except (ChainError, OSError, asyncpg.PostgresError) as exc:
+            except (ChainError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("drain stopped: %s", exc)
                 return
             await asyncio.sleep(self.settings.chain.confirm_poll_secs)
@@ -215,7 +215,9 @@ async def run_minter(settings: CloudSettings, stop: asyncio.Event) -> None:
     from cloud.chain.factory import open_backend
     from cloud.db import create_pool
 
-    backend = await open_backend(settings)
+    backend = await _open_when_reachable(settings, stop, open_backend)
+    if backend is None:
+        return
     try:
         pool = await create_pool(settings.database_url)
         try:
@@ -229,3 +231,19 @@ async def run_minter(settings: CloudSettings, stop: asyncio.Event) -> None:
         await backend.close()
 
 
+
+
+async def _open_when_reachable(settings: CloudSettings, stop: asyncio.Event,
+                               opener: Callable[[CloudSettings], Awaitable[ChainBackend]]) -> ChainBackend | None:
+    """An unreachable chain at start is waited for (with backoff); a misconfiguration raises at once."""
+    attempt = 0
+    while not stop.is_set():
+        try:
+            return await opener(settings)
+        except ChainUnavailable as exc:
+            attempt += 1
+            log.log(logging.WARNING if attempt == 1 else logging.DEBUG,
+                    "chain not reachable (%s); minter waits for it", exc)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=min(0.5 * 2**attempt, 30.0))
+    return None
