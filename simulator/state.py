@@ -8,6 +8,7 @@ leave the outbox when their PUBACK arrives. This is also the meters' bounded off
 
 from __future__ import annotations
 
+import fcntl
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
@@ -33,6 +34,14 @@ class StateError(ValueError):
 class StateStore:
     def __init__(self, path: Path) -> None:
         self.path = path
+        # Two runs on one state would reuse seqs (and kick each other's client ids off the broker).
+        self._lock = path.with_name(path.name + ".lock").open("a")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            self._lock.close()
+            raise StateError(f"another `sim run` is using {path}: stop it, or give this run its own "
+                             "--keys or --state") from exc
         self._db = sqlite3.connect(path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         # WAL + NORMAL survives a process crash; only a power cut could lose the last commit.
@@ -42,6 +51,7 @@ class StateStore:
 
     def close(self) -> None:
         self._db.close()
+        self._lock.close()  # releases the flock
 
     def check_meta(self, wanted: dict[str, str]) -> None:
         """Refuse to continue a state made with another interval or format (seq semantics differ)."""

@@ -9,7 +9,10 @@ import signal
 import sys
 from collections.abc import Callable
 
+import pytest
+
 from simulator.fleet import run_fleet
+from simulator.state import StateError
 from tests.helpers import async_wait_for
 from tests.simulator.checks import assert_continuous, registry, verified_series
 from tests.simulator.conftest import Fleet, finish, subscriber
@@ -114,5 +117,26 @@ def test_sigterm_drains_and_reports_what_was_delivered(fleet_factory: Callable[.
         for meter_id, readings in series.readings.items():
             assert_continuous(readings)
             assert report["per_meter"][meter_id]["last_seq"] == max(readings)
+
+    asyncio.run(scenario())
+
+
+def test_a_second_run_on_the_same_state_is_refused(fleet_factory: Callable[..., Fleet]) -> None:
+    fleet = fleet_factory(1)
+    settings = fleet.settings(speed=DAY / 4, duration=5.0, backfill=DAY)
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        first = asyncio.create_task(run_fleet(settings, stop=stop))
+
+        async def started() -> bool:
+            return settings.state_path.exists()
+
+        await async_wait_for(started, message="the first run's state file")
+        with pytest.raises(StateError, match="another `sim run` is using"):
+            await run_fleet(settings)
+        stop.set()
+        await first
+        await run_fleet(fleet.settings(speed=DAY / 4, duration=0.5))  # free again once the first ends
 
     asyncio.run(scenario())
