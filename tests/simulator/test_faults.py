@@ -15,6 +15,7 @@ from protocol.reading import Reading
 from protocol.wire import parse_payload
 from simulator.faults import Fault, FaultRates
 from simulator.fleet import run_fleet
+from simulator.settings import MeterSettings
 from tests.simulator.checks import classify, registry
 from tests.simulator.conftest import Fleet, finish, subscriber
 
@@ -108,5 +109,31 @@ def test_injected_faults_match_what_a_subscriber_sees(fleet_factory: Callable[..
             for seq in good:
                 if seq - 1 in series and (meter_id, seq - 1) not in regressions:
                     assert register[seq] - register[seq - 1] == series[seq].export_wh
+
+    asyncio.run(scenario())
+
+
+def test_legacy_faults_never_collide_with_good_readings(fleet_factory: Callable[..., Fleet]) -> None:
+    fleet = fleet_factory(3, "solar")
+    rates = FaultRates(**{f.value: 0.05 for f in Fault})
+    settings = fleet.settings(speed=DAY / 2, duration=1.0, faults=rates,
+                              meter=MeterSettings(reading_interval_seconds=300, format="legacy"))
+
+    async def scenario() -> None:
+        async with subscriber(fleet.broker) as received:
+            report = await run_fleet(settings)
+            await finish(fleet.broker, fleet.keys[0], received)
+        assert "register_regression" not in report.faults  # legacy readings carry no register
+        counts, by_reason, _ = judge(received.messages, registry(fleet.keys_dir))
+        expected: Counter[str] = Counter()
+        for summary in report.faults.values():
+            expected[summary.expected] += summary.count
+        expected.pop("denied", None)
+        assert counts.pop("ok") == 3 * 144
+        assert counts == expected
+        good = by_reason["ok"]
+        for reason, keys in by_reason.items():
+            if reason not in ("ok", "duplicate", "equivocation"):
+                assert not keys & good, f"a {reason} fault reused a good reading's timestamp"
 
     asyncio.run(scenario())
