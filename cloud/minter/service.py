@@ -45,6 +45,7 @@ class Minter:
         self.authority = str(self.identity.authority.pubkey())
         # Measured once: the most wallets whose ATA-create + mint_to fit one transaction with our memo.
         self.max_wallets = max_wallets_per_tx(self.identity, store.memo_for(10**15))
+        self._last_refusal: dict[int, str] = {}  # batch id -> why the node last refused it (for the error)
 
     # -- planning ---------------------------------------------------------------------------
     async def plan(self, *, reading_ids: Sequence[int] | None = None, meter_id: str | None = None,
@@ -80,6 +81,7 @@ class Minter:
             except ChainError as exc:
                 # Refused now (already processed, preflight); the status check below decides.
                 log.debug("send of batch %d refused: %s", b.id, exc)
+                self._last_refusal[b.id] = str(exc)[:300]
         await store.mark_sent(self.pool, sent)
         # Height first: a status read afterwards that is still empty proves it can never land.
         height = await self.backend.block_height()
@@ -99,13 +101,16 @@ class Minter:
                     await self._resign(b)
                     still_open += 1
                 else:
-                    await self._release(b, "expired", f"blockhash expired unconfirmed {b.sign_attempts} times")
+                    refusal = self._last_refusal.pop(b.id, None)
+                    await self._release(b, "expired", f"blockhash expired unconfirmed {b.sign_attempts} times"
+                                        + (f"; last refusal: {refusal}" if refusal else ""))
             else:
                 still_open += 1
         return still_open
 
     async def _confirmed(self, b: store.OpenBatch, slot: int) -> None:
         assert b.signature is not None
+        self._last_refusal.pop(b.id, None)
         block_time = await self.backend.block_time(b.signature, slot)
         latencies = await store.confirm(self.pool, b.id, b.signature, slot, block_time)
         if latencies is None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 import asyncpg
+from solders.pubkey import Pubkey
 
 from cloud.minter.planner import BatchPlan, MeterLedger, PendingReading
 from cloud.minter.retry import RetryDecision, after_failure
@@ -103,6 +104,15 @@ async def plan_batches(pool: asyncpg.Pool, *, limit: int, settings: Tokenization
         ledgers = {f["meter_id"]: MeterLedger(f["minted_wh"], int(f["minted_units"])) for f in free}
         pending = [PendingReading(r["id"], r["meter_id"], r["wallet_address"], r["export_wh"])
                    for r in rows if r["meter_id"] in ledgers]
+        bad = [p for p in pending if not _is_pubkey(p.wallet)]
+        if bad:
+            # Bad data, not a crash: these readings go to manual review with the reason.
+            await conn.executemany(
+                "INSERT INTO minting_retry_queue (reading_id, attempts, error_message, dead_lettered)"
+                " VALUES ($1, 1, $2, TRUE) ON CONFLICT (reading_id) DO UPDATE SET dead_lettered = TRUE,"
+                " error_message = EXCLUDED.error_message, updated_at = now()",
+                [(p.id, f"wallet address {p.wallet!r} is not a valid Solana public key") for p in bad])
+            pending = [p for p in pending if _is_pubkey(p.wallet)]
         plans = plan(pending, ledgers, ratio=settings.ratio, decimals=settings.decimals, fits=fits,
                      max_batches=settings.max_batches_per_poll)
         ids = []
@@ -139,6 +149,14 @@ async def _write_batch(conn: asyncpg.Connection, p: BatchPlan, *, mint: str, aut
         # Nothing to send (all dust): the batch is complete as written.
         await _apply_confirmation(conn, batch_id, None, None, None)
     return batch_id
+
+
+def _is_pubkey(text: str) -> bool:
+    try:
+        Pubkey.from_string(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _dec(values: Sequence[int]) -> list[Decimal]:

@@ -89,3 +89,38 @@ def test_reconcile_finds_and_fixes_a_landed_unrecorded_batch(database_url: str, 
             await conn.close()
 
     assert asyncio.run(minted()) == len(fleet.reading_ids)
+
+
+def test_invalid_wallet_is_dead_lettered_not_fatal(database_url: str, tmp_path: Path) -> None:
+    settings = minter_settings(database_url, tmp_path / "chain", batch_size=1000)
+
+    async def scenario() -> None:
+        await migrate(database_url)
+        good = await add_fleet(database_url, meters=2, readings_per_meter=2, seed=31)
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute("INSERT INTO meters (meter_id, public_key, wallet_address, meter_type, capacity_w)"
+                               " VALUES ('m-bad', 'k', 'not-a-wallet', 'solar', 1000)")
+            bad_id = await conn.fetchval(
+                "INSERT INTO meter_readings (meter_id, seq, wallet_address, interval_start, interval_end, export_wh,"
+                " format, payload, signature) VALUES ('m-bad', 1, 'not-a-wallet', now(), now(), 500, 'v1',"
+                " '\\x00'::bytea, 's') RETURNING id")
+            backend = await open_backend(settings)
+            pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+            assert pool is not None
+            try:
+                minter = Minter(pool, backend, settings)
+                await minter.plan()
+                assert await minter.drive() == 0
+            finally:
+                await pool.close()
+                await backend.close()
+            row = await conn.fetchrow("SELECT dead_lettered, error_message FROM minting_retry_queue"
+                                      " WHERE reading_id = $1", bad_id)
+            assert row["dead_lettered"] and "not a valid Solana public key" in row["error_message"]
+            minted = await conn.fetchval("SELECT count(*) FROM meter_readings WHERE minted")
+            assert minted == len(good.reading_ids)
+        finally:
+            await conn.close()
+
+    asyncio.run(scenario())
