@@ -64,23 +64,31 @@ class Fleet:
         duration = settings.run.duration
         backfill = settings.run.backfill
         if backfill is None:
-            backfill = min(duration * self.speed, MAX_BACKFILL_SECONDS) if duration else 0.0
+            backfill = duration * self.speed if duration else 0.0
+        if backfill > MAX_BACKFILL_SECONDS:
+            log.warning("starting fresh meters %.1f days back, not %.1f: the cloud rejects readings older "
+                        "than 7 days", MAX_BACKFILL_SECONDS / 86_400, backfill / 86_400)
+            backfill = MAX_BACKFILL_SECONDS
         wall = time.time()
         fresh_start = int(wall - backfill) // interval * interval
         saved = store.load_meters()
         self.meters: list[Meter] = []
         ids = [k.meter_id for k in keys]
+        skipped = 0
         for i, key in enumerate(keys):
             state = saved.get(key.meter_id) or initial_state(key, start=fresh_start, fleet_seed=settings.run.seed)
-            if state.next_start < wall - MAX_BACKFILL_SECONDS:
+            if state.next_start < fresh_start and state.next_start < wall - MAX_BACKFILL_SECONDS:
                 # A state left for days: skip ahead rather than publish readings the cloud calls too old.
-                log.info("meter %s: clock was %d s behind, skipping ahead", key.meter_id, wall - state.next_start)
                 state.next_start = fresh_start
+                skipped += 1
             neighbour = ids[(i + 1) % len(ids)] if len(ids) > 1 else f"{key.meter_id}x"
             self.meters.append(Meter(key, state, interval=interval, fmt="legacy" if settings.meter.format ==
                                      "legacy" else "v1", faults=settings.faults, fleet_seed=settings.run.seed,
                                      max_reading_wh=settings.run.max_reading_wh, neighbour=neighbour,
                                      utc_offset_hours=settings.run.utc_offset_hours))
+        if skipped:
+            log.info("%d meter clock(s) were more than 6 days behind: skipped ahead (seq and registers "
+                     "continue)", skipped)
         self.sim_start = min(m.state.next_start for m in self.meters)
         self.sim_now = self.sim_start
         self.stats = Stats(multiplexed=settings.multiplexed)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import sys
+import time
 from collections.abc import Callable
 
 import pytest
@@ -138,5 +141,27 @@ def test_a_second_run_on_the_same_state_is_refused(fleet_factory: Callable[..., 
         stop.set()
         await first
         await run_fleet(fleet.settings(speed=DAY / 4, duration=0.5))  # free again once the first ends
+
+    asyncio.run(scenario())
+
+
+def test_a_state_left_for_a_week_skips_ahead_and_keeps_counting(fleet_factory: Callable[..., Fleet]) -> None:
+    fleet = fleet_factory(1, "solar")
+    first = fleet.settings(speed=DAY / 2, duration=0.5)
+
+    async def scenario() -> None:
+        async with subscriber(fleet.broker) as received:
+            report1 = await run_fleet(first)
+            with contextlib.closing(sqlite3.connect(first.state_path)) as db, db:
+                db.execute("UPDATE meters SET next_start = next_start - 8 * 86400")
+            report2 = await run_fleet(fleet.settings(speed=DAY / 2, duration=0.5))
+            await finish(fleet.broker, fleet.keys[0], received)
+        series = verified_series(received.messages, registry(fleet.keys_dir))
+        readings = series.readings[fleet.keys[0].meter_id]
+        assert sorted(readings) == list(range(1, report1.acked + report2.acked + 1))
+        resumed = readings[report1.acked + 1].reading
+        assert resumed.end > time.time() - DAY  # not 8 days old: the cloud would call it too_old
+        assert resumed.export_register_wh - readings[report1.acked].reading.export_register_wh == \
+            resumed.export_wh  # type: ignore[operator]
 
     asyncio.run(scenario())
