@@ -1,0 +1,109 @@
+"""Operating the consumer: bad envelopes, meters registered while running, SIGTERM drain, races."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import aiomqtt
+import asyncpg
+
+from cloud.ingest.pipeline import classify, parse_items, verify_signatures
+from cloud.ingest.registry import Registry
+from cloud.ingest.rules import Limits
+from cloud.ingest.store import write_plan
+from cloud.settings import TokenizationSettings
+from gridtokenx.brokers import Mosquitto
+from protocol import topics
+from protocol.reasons import Reason
+from tests.cloud.ingest.conftest import GATEWAY, ConsumerFactory
+from tests.cloud.ingest.support import Gateway, Meter, query, register
+from tests.cloud.ingest.test_scaleout import fleet_batches
+from tests.helpers import async_wait_for, wait_for
+
+
+def test_bad_envelope_is_counted_and_a_meter_added_while_running_is_found(
+        consumers: ConsumerFactory, migrated_db: str, cloud: Mosquitto, gateway_password: str) -> None:
+    consumer = consumers()
+
+    async def garbage() -> None:
+        async with aiomqtt.Client("127.0.0.1", cloud.port, username=GATEWAY, password=gateway_password) as c:
+            await c.publish(topics.batches(GATEWAY), b'{"not": "a batch"}', qos=1)
+            await c.publish(topics.batches(GATEWAY), b"\xff\xfe", qos=1)
+    asyncio.run(garbage())
+    wait_for(lambda: consumer.metric("gridtokenx_cloud_bad_envelopes_total") == 2, timeout=10,
+             message="two bad envelopes counted")
+
+    late = Meter.make("late-1")
+    asyncio.run(register(migrated_db, [late]))  # after the consumer loaded its registry
+    gw = Gateway("127.0.0.1", cloud.port, GATEWAY, gateway_password)
+    acks = asyncio.run(gw.deliver([gw.batch("late", [late.item(1, 10, 10)])]))
+    assert acks["late"].results[0].status == "accepted"
+    assert consumer.terminate() == 0
+
+
+def test_sigterm_drains_every_committed_batch_is_acked(
+        consumers: ConsumerFactory, migrated_db: str, cloud: Mosquitto, gateway_password: str) -> None:
+    meters = [Meter.make(f"d-{i}") for i in range(20)]
+    asyncio.run(register(migrated_db, meters))
+    consumer = consumers()
+    gw = Gateway("127.0.0.1", cloud.port, GATEWAY, gateway_password)
+    batches = fleet_batches(gw, meters, readings_each=40, batch_size=20, prefix="drain")  # 40 batches
+
+    def acked_keys() -> set[tuple[str, int]]:
+        return {(r.meter_id, r.seq) for ack in gw.acks.values() for r in ack.results if r.status == "accepted"}
+
+    async def committed_keys() -> set[tuple[str, int]]:
+        return {(r["meter_id"], r["seq"]) for r in await query(migrated_db, "SELECT meter_id, seq FROM meter_readings")}
+
+    async def deliver_and_stop() -> None:
+        acked = asyncio.Event()
+        delivery = asyncio.create_task(gw.deliver(batches, resend_after=30, timeout=60, on_ack=acked))
+        await asyncio.wait_for(acked.wait(), 20)
+        assert await asyncio.to_thread(consumer.terminate) == 0
+        committed = await committed_keys()
+        assert committed, "at least the first batch was committed"
+
+        # Graceful stop: every committed batch was acked before exit (only a crash leaves a commit
+        # without its ack). The acks may still be on their way to the gateway: wait for them.
+        async def all_acked() -> bool:
+            return acked_keys() == committed
+        await async_wait_for(all_acked, timeout=15, message="an ack for every committed reading")
+        delivery.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await delivery
+    asyncio.run(deliver_and_stop())
+
+
+def test_a_key_stored_by_another_consumer_meanwhile_is_duplicate_or_equivocation(migrated_db: str) -> None:
+    """The race the context read cannot see: the INSERT … ON CONFLICT skips the row and the
+    plan is corrected in the same call."""
+    m = Meter.make("race")
+    asyncio.run(register(migrated_db, [m]))
+    gw = Gateway("127.0.0.1", 1, GATEWAY, "")
+    same = m.item(1, 10, 10)
+    stored_first = gw.batch("first", [same, m.item(2, 20, 30)])
+    racing = gw.batch("second", [same, m.item(2, 21, 31)])
+
+    async def scenario() -> list[tuple[str, Reason | None]]:
+        conn = await asyncpg.connect(migrated_db)
+        try:
+            registry = Registry()
+            await registry.load(conn)
+            limits = Limits.from_settings(TokenizationSettings())
+            plans = []
+            for batch in (stored_first, racing):
+                parsed = parse_items(batch)
+                # Both plans are made before either is written: neither sees the other's rows.
+                plans.append(classify(batch, parsed, verify_signatures(parsed, registry.get), {}, registry.get,
+                                      limits=limits, now=int(time.time())))
+            for plan in plans:
+                await write_plan(conn, plan)
+            return [(r.status, r.reason) for r in plans[1].results()]
+        finally:
+            await conn.close()
+    assert asyncio.run(scenario()) == [("duplicate", None), ("rejected", Reason.EQUIVOCATION)]
+    status = asyncio.run(query(migrated_db, "SELECT status FROM meters WHERE meter_id = 'race'"))
+    assert status[0]["status"] == "quarantined"
+    assert asyncio.run(query(migrated_db, "SELECT count(*) AS n FROM meter_readings"))[0]["n"] == 2
