@@ -93,7 +93,7 @@ class IngestConsumer:
                     await self._loop(client, stop)
                     await self._leave(client)
             except aiomqtt.MqttError as exc:
-                log.warning("MQTT connection to %s lost (%s); reconnecting in %.1f s", url, exc, backoff)
+                log.warning("MQTT connection to %s failed or was lost (%s); reconnecting in %.1f s", url, exc, backoff)
             finally:
                 self._connected = False
             if not stop.is_set():

@@ -18,18 +18,18 @@ import msgspec
 from cloud.ingest.pipeline import AcceptedRow, Key, Plan, RejectedRow, StoredContext, resolve_conflicts
 from cloud.ingest.rules import RegisterPoint
 
+# One index probe finds the stored reading at the key or, failing that, its predecessor; a second
+# finds the successor (only out-of-order arrivals have one).
 _CONTEXT = """
-SELECT k.meter_id, k.seq, e.payload,
+SELECT k.meter_id, k.seq, CASE WHEN p.seq = k.seq THEN p.payload END AS payload,
        p.seq AS p_seq, p.export_wh AS p_wh, p.export_register_wh AS p_reg,
        n.seq AS n_seq, n.export_wh AS n_wh, n.export_register_wh AS n_reg
 FROM unnest($1::text[], $2::bigint[]) AS k(meter_id, seq)
-LEFT JOIN LATERAL (SELECT payload FROM meter_readings r
-                   WHERE r.meter_id = k.meter_id AND r.seq = k.seq) e ON TRUE
-LEFT JOIN LATERAL (SELECT seq, export_wh, export_register_wh FROM meter_readings r
-                   WHERE r.meter_id = k.meter_id AND r.seq < k.seq ORDER BY r.seq DESC LIMIT 1) p ON TRUE
+LEFT JOIN LATERAL (SELECT seq, payload, export_wh, export_register_wh FROM meter_readings r
+                   WHERE r.meter_id = k.meter_id AND r.seq <= k.seq ORDER BY r.seq DESC LIMIT 1) p ON TRUE
 LEFT JOIN LATERAL (SELECT seq, export_wh, export_register_wh FROM meter_readings r
                    WHERE r.meter_id = k.meter_id AND r.seq > k.seq ORDER BY r.seq ASC LIMIT 1) n ON TRUE
-WHERE e.payload IS NOT NULL OR p.seq IS NOT NULL OR n.seq IS NOT NULL
+WHERE p.seq IS NOT NULL OR n.seq IS NOT NULL
 """
 
 # Rows travel as one JSON document per table (json_to_recordset): asyncpg would otherwise run
@@ -122,6 +122,9 @@ async def fetch_context(conn: asyncpg.Connection, keys: Sequence[Key]) -> dict[K
     rows = await conn.fetch(_CONTEXT, [k[0] for k in keys], [k[1] for k in keys])
     out: dict[Key, StoredContext] = {}
     for r in rows:
+        if r["payload"] is not None:  # the key itself is stored: duplicate or equivocation, no rules
+            out[(r["meter_id"], r["seq"])] = StoredContext(r["payload"])
+            continue
         prev = RegisterPoint(r["p_seq"], r["p_wh"], r["p_reg"]) if r["p_seq"] is not None else None
         nxt = RegisterPoint(r["n_seq"], r["n_wh"], r["n_reg"]) if r["n_seq"] is not None else None
         out[(r["meter_id"], r["seq"])] = StoredContext(r["payload"], prev, nxt)
