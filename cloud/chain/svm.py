@@ -33,6 +33,7 @@ from solders.transaction_metadata import FailedTransactionMetadata
 
 MEMO_PROGRAM_ID = Pubkey.from_string("Memo1UhkJRfHyvLMcVucJwxXeuD728EqVDDwQDxFMNo")
 DEFAULT_BLOCKHASH_TTL = 150  # slots, as on mainnet (MAX_PROCESSING_AGE)
+COMPACT_AFTER_LINES = 5000  # journal lines at start beyond which it is rewritten as a snapshot
 
 
 class TxRefused(Exception):
@@ -80,10 +81,11 @@ class SvmLedger:
         self._by_address: dict[str, list[str]] = {}
         self._lock = threading.RLock()
         self._journal: IO[str] | None = None
+        self._latest_accounts: dict[str, list[object]] = {}
         if journal is not None:
             journal.parent.mkdir(parents=True, exist_ok=True)
-            if journal.exists():
-                self._replay(journal)
+            if journal.exists() and self._replay(journal) > COMPACT_AFTER_LINES:
+                self._compact(journal)
             self._journal = journal.open("a", encoding="utf-8")
         # Hashes handed out before a restart are gone: jump past their validity so nobody waits.
         self.block_height += self.blockhash_ttl + 1
@@ -220,13 +222,20 @@ class SvmLedger:
         self._journal.flush()
         os.fsync(self._journal.fileno())
 
-    def _replay(self, path: Path) -> None:
-        with path.open(encoding="utf-8") as fh:
-            for line in fh:
-                if not line.endswith("\n"):
-                    break  # torn last write: the caller never learned of it
-                entry = json.loads(line)
+    def _replay(self, path: Path) -> int:
+        """Load the journal; returns its line count. A torn last line (a crash mid-write, before the
+        caller could learn of that transaction) is cut off so later appends start on a clean line."""
+        lines = 0
+        good_bytes = 0
+        with path.open("rb") as fh:
+            for raw in fh:
+                if not raw.endswith(b"\n"):
+                    break
+                entry = json.loads(raw)
+                good_bytes += len(raw)
+                lines += 1
                 for key, (lamports, owner, data, executable) in entry["accounts"].items():
+                    self._latest_accounts[key] = [lamports, owner, data, executable]
                     self.svm.set_account(Pubkey.from_string(key), Account(
                         lamports=lamports, data=base64.b64decode(data), owner=Pubkey.from_string(owner),
                         executable=executable))
@@ -236,6 +245,30 @@ class SvmLedger:
                 ticks = max(0, int((time.time() - float(entry.get("wall", time.time()))) / self.slot_secs)) + 1
                 self.block_height = max(self.block_height, int(entry["height"]) + ticks)
                 self.slot = max(self.slot, int(entry["slot"]) + ticks)
+        if good_bytes < path.stat().st_size:
+            with path.open("r+b") as fh:
+                fh.truncate(good_bytes)
+                os.fsync(fh.fileno())
+        return lines
+
+    def _compact(self, path: Path) -> None:
+        """Rewrite the journal as one snapshot of the latest accounts plus the signature history."""
+        tmp = path.with_suffix(".compact")
+        stamp = {"height": self.block_height, "slot": self.slot, "wall": time.time()}
+        with tmp.open("w", encoding="utf-8") as fh:
+            fh.write(json.dumps({"t": "snapshot", "accounts": self._latest_accounts, **stamp},
+                                separators=(",", ":")) + "\n")
+            for record in self.history.values():
+                fh.write(json.dumps({"t": "tx", "record": _record_json(record), "accounts": {}, **stamp},
+                                    separators=(",", ":")) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
 
 def _writable_keys(tx: VersionedTransaction) -> list[Pubkey]:

@@ -96,3 +96,37 @@ def test_journal_restores_balances_supply_and_history(tmp_path: Path) -> None:
             again.process(tx)
     finally:
         again.close()
+
+
+def test_torn_journal_tail_is_cut_and_long_journals_are_compacted(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    journal = tmp_path / "ledger.jsonl"
+    ledger = SvmLedger(journal=journal)
+    identity = _mint(ledger)
+    wallet = Keypair().pubkey()
+    sigs = []
+    for i in range(3):
+        blockhash, _ = ledger.latest_blockhash()
+        tx = build_mint_tx(identity, [(wallet, 100)], memo_for(i), blockhash)
+        ledger.process(tx)
+        sigs.append(str(tx.signatures[0]))
+    ledger.close()
+    with journal.open("a") as fh:
+        fh.write('{"t":"tx","record":{"sig":"torn')  # the crash happened mid-write
+
+    import cloud.chain.svm as svm
+
+    monkeypatch.setattr(svm, "COMPACT_AFTER_LINES", 2)
+    reopened = SvmLedger(journal=journal)
+    blockhash, _ = reopened.latest_blockhash()
+    reopened.process(build_mint_tx(identity, [(wallet, 100)], memo_for(9), blockhash))
+    reopened.close()
+    lines = journal.read_text().splitlines()
+    assert lines[0].startswith('{"t":"snapshot"')  # compacted at the second open
+    final = SvmLedger(journal=journal)
+    try:
+        acc = final.get_account(token_account(identity, wallet))
+        assert acc is not None and decode_token_amount(bytes(acc.data)) == 400
+        assert all(s in final.history for s in sigs)
+    finally:
+        final.close()
