@@ -104,6 +104,10 @@ class Meter:
         drawn = [f for i, (f, rate) in enumerate(self._faults) if unit(self._seed, self._salt, start, i) < rate]
         out: list[Outgoing] = []
         base = self.state.export_register_wh
+        if self.state.seq == 0 and Fault.REGISTER_REGRESSION in drawn:
+            # Before the meter's first good reading the cloud has no register to compare with: a
+            # lower register would be accepted, and would then make the next good reading mismatch.
+            drawn.remove(Fault.REGISTER_REGRESSION)
         for i, fault in enumerate(f for f in drawn if f not in (Fault.REPLAY, Fault.EQUIVOCATION)):
             item = self._fault(fault, start, end, export_wh, base, wall_now, i + 1)
             if item is not None:

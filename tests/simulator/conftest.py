@@ -30,6 +30,9 @@ class Fleet:
     broker: Mosquitto
     fleet_password: str
 
+    def capacities(self) -> dict[str, int]:
+        return {k.meter_id: k.capacity_w for k in self.keys}
+
     def settings(self, **run: object) -> SimSettings:
         """Settings for this fleet; keyword arguments go to RunSettings, `meter=` / `broker=` sections too."""
         meter = run.pop("meter", MeterSettings())

@@ -1,4 +1,5 @@
-"""Fault injection: what a subscriber sees matches, kind by kind, what the report says was injected."""
+"""Fault injection: what a subscriber sees, judged by the cloud's own rules, matches kind by kind what
+the report says was injected; and the good readings around the faults all pass."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
+from cloud.ingest.rules import Limits, RegisterPoint, check_reading
 from protocol.reading import Reading
 from protocol.wire import parse_payload
 from simulator.faults import Fault, FaultRates
@@ -20,46 +22,50 @@ from tests.simulator.checks import classify, registry
 from tests.simulator.conftest import Fleet, finish, subscriber
 
 DAY = 86_400
-MAX_WH = 100_000
+#: The seed's defaults: 100 kWh per reading, 7 days, 5 minutes of clock skew.
+LIMITS = Limits(max_reading_wh=100_000, max_age_secs=7 * DAY, clock_skew_secs=300)
 
 Judged = tuple[Counter[str], dict[str, set[tuple[str, int]]], dict[str, dict[int, Reading]]]
 
 
-def judge(messages: list[tuple[str, bytes]], keys: dict[str, bytes]) -> Judged:
-    """A miniature of the cloud's rules, in arrival order: structure, signature, identity, range,
-    time window, register. Returns counts by reason, keys by reason, and every reading by meter/seq."""
-    now = time.time()
+def judge(messages: list[tuple[str, bytes]], keys: dict[str, bytes], capacity: dict[str, int]) -> Judged:
+    """The cloud's verdicts without its database: structure and signature (protocol/), identity, then
+    the cloud's own rule functions (cloud/ingest/rules.py) against the readings accepted so far.
+    Returns counts by reason, keys by reason, and every reading by meter and seq."""
+    now = int(time.time())
     counts: Counter[str] = Counter()
     by_reason: dict[str, set[tuple[str, int]]] = {}
-    seen: dict[tuple[str, int], bytes] = {}
-    last_register: dict[str, int] = {}
+    accepted: dict[str, dict[int, tuple[Reading, bytes]]] = {}
     readings: dict[str, dict[int, Reading]] = {}
     for topic, payload in messages:
         reason = classify(topic, payload, keys)
         reading = None if reason in ("malformed", "oversized") else parse_payload(payload).reading
         if reason == "ok":
             assert reading is not None
-            if reading.key in seen:
-                reason = "duplicate" if seen[reading.key] == payload else "equivocation"
-            elif not 0 <= reading.export_wh <= MAX_WH:
-                reason = "out_of_range"
-            elif reading.end > now + 300:
-                reason = "in_future"
-            elif reading.end < now - 7 * DAY:
-                reason = "too_old"
-            elif reading.export_register_wh is not None and reading.export_register_wh < last_register.get(
-                    reading.meter_id, 0):
-                reason = "register_regression"
+            mine = accepted.setdefault(reading.meter_id, {})
+            if reading.seq in mine:
+                reason = "duplicate" if mine[reading.seq][1] == payload else "equivocation"
             else:
-                seen[reading.key] = payload
-                if reading.export_register_wh is not None:
-                    last_register[reading.meter_id] = reading.export_register_wh
+                below = [seq for seq in mine if seq < reading.seq]
+                above = [seq for seq in mine if seq > reading.seq]
+                prev = point(mine[max(below)][0]) if below else None
+                next_ = point(mine[min(above)][0]) if above else None
+                violation = check_reading(reading, capacity_w=capacity[reading.meter_id], limits=LIMITS, now=now,
+                                          prev=prev, next_=next_)
+                if violation is None:
+                    mine[reading.seq] = (reading, payload)
+                else:
+                    reason = violation.reason.value
         counts[reason] += 1
         if reading is not None:
             by_reason.setdefault(reason, set()).add(reading.key)
             if reason not in ("duplicate", "equivocation"):
                 readings.setdefault(reading.meter_id, {})[reading.seq] = reading
     return counts, by_reason, readings
+
+
+def point(reading: Reading) -> RegisterPoint:
+    return RegisterPoint(reading.seq, reading.export_wh, reading.export_register_wh)
 
 
 @pytest.mark.parametrize("multiplexed", [False, True], ids=["per-meter", "fleet-user"])
@@ -76,7 +82,7 @@ def test_injected_faults_match_what_a_subscriber_sees(fleet_factory: Callable[..
             report = await run_fleet(settings)
             await finish(fleet.broker, fleet.keys[0], received)
 
-        counts, by_reason, readings = judge(received.messages, registry(fleet.keys_dir))
+        counts, by_reason, readings = judge(received.messages, registry(fleet.keys_dir), fleet.capacities())
         expected: Counter[str] = Counter()
         expected_keys: dict[str, set[tuple[str, int]]] = {}
         for _name, summary in report.faults.items():
@@ -124,7 +130,7 @@ def test_legacy_faults_never_collide_with_good_readings(fleet_factory: Callable[
             report = await run_fleet(settings)
             await finish(fleet.broker, fleet.keys[0], received)
         assert "register_regression" not in report.faults  # legacy readings carry no register
-        counts, by_reason, _ = judge(received.messages, registry(fleet.keys_dir))
+        counts, by_reason, _ = judge(received.messages, registry(fleet.keys_dir), fleet.capacities())
         expected: Counter[str] = Counter()
         for summary in report.faults.values():
             expected[summary.expected] += summary.count

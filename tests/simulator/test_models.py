@@ -15,7 +15,7 @@ from protocol import wire
 from protocol.check import check_payload
 from protocol.keys import MeterKey
 from protocol.reading import Reading
-from simulator.faults import FaultRates
+from simulator.faults import Fault, FaultRates
 from simulator.keystore import new_key
 from simulator.meter import Meter, frame, initial_state
 from simulator.models import DAY, MeterModel, MeterType, Weather, weather_on
@@ -110,3 +110,17 @@ def test_reading_fields_of_good_readings() -> None:
     reading = msgspec.json.decode(item.payload[len(wire.V1_PREFIX): item.payload.rfind(b"\n")], type=Reading)
     assert (reading.start, reading.end) == (T0, T0 + 900)
     assert reading.import_register_wh is not None and reading.import_wh is not None
+
+
+def test_register_regression_waits_for_a_good_reading_and_goes_below_it() -> None:
+    k = key()
+    meter = Meter(k, initial_state(k, start=T0, fleet_seed=0), interval=900, fmt="v1",
+                  faults=FaultRates(register_regression=1.0), fleet_seed=0, max_reading_wh=100_000,
+                  neighbour="M-00002")
+    first = meter.next_interval(T0 + DAY)
+    assert [i.fault for i in first] == [None]  # nothing to regress from yet, in the cloud's eyes
+    second = meter.next_interval(T0 + DAY)
+    assert [i.fault for i in second] == [Fault.REGISTER_REGRESSION, None]
+    assert second[0].register_wh is not None and first[0].register_wh is not None
+    assert second[0].register_wh < first[0].register_wh
+    assert second[1].register_wh - first[0].register_wh == second[1].export_wh  # type: ignore[operator]
