@@ -32,9 +32,14 @@ import click
 from cloud import db
 from cloud.ingest import admin
 from cloud.ingest.meters_csv import MeterRow
+from cloud.ingest.pipeline import classify, parse_items, verify_signatures
+from cloud.ingest.registry import Registry
+from cloud.ingest.rules import Limits
+from cloud.ingest.store import fetch_context, write_plan
+from cloud.settings import TokenizationSettings
 from gridtokenx.brokers import Mosquitto, free_port
 from protocol import topics
-from protocol.envelopes import Batch, BatchItem, decode_ack, encode
+from protocol.envelopes import Batch, BatchItem, decode_ack, decode_batch, encode
 from protocol.reading import Reading
 from protocol.wire import secret_key_from_seed, sign_reading
 
@@ -149,8 +154,38 @@ async def _publish_and_wait(broker: Mosquitto, password: str, batches: list[byte
         return time.perf_counter() - started
 
 
+async def _stages(dsn: str, batches: list[bytes], readings: int) -> dict[str, float]:
+    """Per-reading µs of each ingest step, in this process, without MQTT: where the time goes."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        registry = Registry()
+        await registry.load(conn)
+        limits = Limits.from_settings(TokenizationSettings())
+        spent = dict.fromkeys(("decode", "parse", "verify", "context", "classify", "write"), 0.0)
+        for raw in batches:
+            t0 = time.perf_counter()
+            batch = decode_batch(raw)
+            t1 = time.perf_counter()
+            parsed = parse_items(batch)
+            t2 = time.perf_counter()
+            verified = verify_signatures(parsed, registry.get)
+            t3 = time.perf_counter()
+            context = await fetch_context(conn, [p.signed.key for p in parsed if p.signed is not None])
+            t4 = time.perf_counter()
+            plan = classify(batch, parsed, verified, context, registry.get, limits=limits, now=int(time.time()))
+            t5 = time.perf_counter()
+            await write_plan(conn, plan)
+            t6 = time.perf_counter()
+            for name, took in zip(spent, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5), strict=True):
+                spent[name] += took
+        return {name: round(took / readings * 1e6, 1) for name, took in spent.items()}
+    finally:
+        await conn.close()
+
+
 def run_bench(*, admin_dsn: str, meters: int, readings: int, batch_size: int, rounds: tuple[int, ...],
-              timeout: float, profile_dir: Path | None = None) -> list[Round]:
+              timeout: float, profile_dir: Path | None = None,
+              stages: dict[str, float] | None = None) -> list[Round]:
     name = f"gtx_bench_{uuid.uuid4().hex[:10]}"
     dsn = _dsn_with_db(admin_dsn, name)
     rows, batches = _fleet(meters, readings, batch_size)
@@ -191,6 +226,8 @@ def run_bench(*, admin_dsn: str, meters: int, readings: int, batch_size: int, ro
                                 proc.wait()
                     stored = asyncio.run(_count_and_reset(dsn, reset=True))
                     results.append(Round(n, readings, round(seconds, 3), round(readings / seconds, 1), stored))
+        if stages is not None:
+            stages.update(asyncio.run(_stages(dsn, batches, readings)))
     finally:
         asyncio.run(admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     return results
@@ -209,28 +246,35 @@ def run_bench(*, admin_dsn: str, meters: int, readings: int, batch_size: int, ro
 @click.option("--timeout", type=float, default=300.0, show_default=True, help="Seconds per round at most.")
 @click.option("--profile", "profile_dir", type=click.Path(path_type=Path, file_okay=False),
               help="Run the consumers under cProfile, writing DIR/<client-id>.prof (slower).")
+@click.option("--stages/--no-stages", default=True, show_default=True,
+              help="Also time each step per reading in-process (decode, parse, verify, context, classify, write).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def ingest(meters: int, readings: int, batch_size: int, rounds: str, admin_dsn: str, timeout: float,
-           profile_dir: Path | None, as_json: bool) -> None:
+           profile_dir: Path | None, stages: bool, as_json: bool) -> None:
     counts = tuple(int(c) for c in rounds.split(",") if c.strip())
     if profile_dir is not None:
         profile_dir.mkdir(parents=True, exist_ok=True)
     if not counts or min(counts) < 1:
         raise click.ClickException("--consumers must list positive counts, e.g. 1,2")
     click.echo(f"signing {readings} readings of {meters} meters …", err=True)
+    steps: dict[str, float] | None = {} if stages else None
     try:
         results = run_bench(admin_dsn=admin_dsn, meters=meters, readings=readings, batch_size=batch_size,
-                            rounds=counts, timeout=timeout, profile_dir=profile_dir)
+                            rounds=counts, timeout=timeout, profile_dir=profile_dir, stages=steps)
     except (OSError, asyncpg.PostgresError) as exc:
         raise click.ClickException(f"cannot use PostgreSQL at {admin_dsn} ({exc}); start it or pass "
                                    "--database-url") from exc
     if as_json:
         click.echo(json.dumps({"benchmark": "ingest", "meters": meters, "batch_size": batch_size,
-                               "cpus": os.cpu_count(), "rounds": [asdict(r) for r in results]}))
+                               "cpus": os.cpu_count(), "load_average": os.getloadavg()[0],
+                               "rounds": [asdict(r) for r in results], "stage_us_per_reading": steps}))
         return
     for r in results:
         click.echo(f"{r.consumers} consumer(s): {r.readings} readings in {r.seconds:.2f} s = "
                    f"{r.readings_per_second:,.0f} verified readings/s persisted ({r.stored} rows)")
+    if steps:
+        click.echo("one process, per reading: " + ", ".join(f"{k} {v} µs" for k, v in steps.items()))
+    click.echo(f"({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f})")
 
 
 COMMANDS: list[click.Command] = [ingest]
