@@ -110,6 +110,7 @@ async def summarize(database_url: str, *, ratio_text: str, decimals: int) -> dic
         t["entitled_base_units"] += entitled
         wallets[row["wallet_address"]] = wallets.get(row["wallet_address"], 0) + entitled
     return {"types": types, "entitled_by_wallet": wallets,
+            "wallet_types": {row["wallet_address"]: row["meter_type"] for row in per_meter},
             "rejected_by_reason": {r["reason"]: int(r["n"]) for r in rejected}}
 
 
@@ -191,7 +192,7 @@ def demo(meters: int, duration: float, speed: float, interval: int, faults: bool
             stack.procs["cloud"].stop()
             reconcile = json.loads(stack.run_cli("cloud", "reconcile", "--json", env=stack.cloud_env()))
             summary = asyncio.run(summarize(stack.database_url, ratio_text=ratio_text, decimals=decimals))
-            result = build_result(summary, reconcile, sim_report, snapshots)
+            result = build_result(summary, reconcile, sim_report, snapshots, summary.pop("wallet_types"))
     except StackError as exc:
         console.print(f"[red]demo failed:[/red] {exc}")
         sys.exit(1)
@@ -204,23 +205,22 @@ def demo(meters: int, duration: float, speed: float, interval: int, faults: bool
 
 
 def build_result(summary: dict[str, Any], reconcile: dict[str, Any], sim_report: dict[str, Any],
-                 snapshots: list[dict[str, Any]]) -> dict[str, Any]:
-    balances: dict[str, int] = {w: int(b) for w, b in reconcile.get("onchain_by_wallet", {}).items()}
-    wallet_type: dict[str, str] = reconcile.get("wallet_types", {})
+                 snapshots: list[dict[str, Any]], wallet_types: dict[str, str]) -> dict[str, Any]:
+    """Join the database summary with `cloud reconcile --json` (on-chain balances vs validated energy)."""
+    report = reconcile.get("report", reconcile)
+    balances = {w: int(b) for w, b in report.get("chain_by_wallet", {}).items()}
     onchain_by_type: dict[str, int] = {}
     for wallet, amount in balances.items():
-        kind = wallet_type.get(wallet, "unknown")
+        kind = wallet_types.get(wallet, "unknown")
         onchain_by_type[kind] = onchain_by_type.get(kind, 0) + amount
     entitled = summary["entitled_by_wallet"]
-    drift = sum(abs(balances.get(w, 0) - e) for w, e in entitled.items()) + sum(
-        b for w, b in balances.items() if w not in entitled)
-    supply = int(reconcile.get("supply", sum(balances.values())))
+    drift = sum(abs(balances.get(w, 0) - entitled.get(w, 0)) for w in balances.keys() | entitled.keys())
+    supply = int(report.get("supply_chain", 0))
     total_entitled = sum(entitled.values())
-    accepted = sum(t["readings"] for t in summary["types"].values())
-    check = (f"check: {len(entitled)} wallets, on-chain supply {supply} = entitled {total_entitled} base units; "
-             f"drift {drift}; reconcile {'clean' if reconcile.get('clean') else 'NOT clean'}")
-    return {"summary": summary, "onchain_by_type": onchain_by_type, "supply": supply,
-            "entitled_total": total_entitled, "drift": drift + abs(supply - total_entitled),
-            "reconcile": reconcile, "readings_accepted": accepted,
+    check = (f"check: {len(entitled)} wallets; on-chain supply {supply} base units, entitled by validated energy "
+             f"{total_entitled}; drift {drift}; reconcile {'clean' if report.get('clean') else 'NOT clean'}")
+    return {"drift": drift + abs(supply - total_entitled), "check_line": check, "supply": supply,
+            "entitled_total": total_entitled, "onchain_by_type": onchain_by_type,
+            "readings_accepted": sum(t["readings"] for t in summary["types"].values()),
             "readings_rejected": sum(summary["rejected_by_reason"].values()),
-            "simulator": sim_report, "snapshots": snapshots, "check_line": check}
+            "summary": summary, "reconcile": report, "simulator": sim_report, "snapshots": snapshots}

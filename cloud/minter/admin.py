@@ -203,9 +203,11 @@ async def run_reconcile(settings: CloudSettings, *, fix: bool) -> tuple[Reconcil
     except ChainBusy as exc:
         raise ChainBusy(f"{exc}. Stop the minter before reconciling an embedded chain.") from exc
     try:
-        first = await reconcile(settings.database_url, backend, fix=fix)
+        tok = settings.tokenization
+        first = await reconcile(settings.database_url, backend, fix=fix, ratio=tok.ratio, decimals=tok.decimals)
         if fix and any(u.fixed for u in first.unrecorded):
-            return first, await reconcile(settings.database_url, backend, fix=False)
+            return first, await reconcile(settings.database_url, backend, fix=False, ratio=tok.ratio,
+                                          decimals=tok.decimals)
         return first, first
     finally:
         await backend.close()
@@ -222,6 +224,10 @@ def describe_report(r: ReconcileReport) -> str:
                      f"(batch is {u.batch_status}){' -> recorded' if u.fixed else ''}")
     for batch_id, sig in r.confirmed_not_on_chain:
         lines.append(f"  recorded confirmed but not on chain: batch {batch_id} tx {sig}")
+    lines.append(f"entitlement: {len(r.entitled_by_wallet)} wallets, on chain {sum(r.chain_by_wallet.values())}"
+                 f" of {sum(r.entitled_by_wallet.values())} base units entitled by validated energy; "
+                 f"drift {r.entitlement_drift}, unminted readings {r.unminted_readings}"
+                 + (f", OVERMINTED wallets: {', '.join(r.overminted_wallets)}" if r.overminted_wallets else ""))
     lines.append("clean: no drift" if r.clean else "DRIFT found" + ("" if any(u.fixed for u in r.unrecorded)
                                                                    else " (--fix records landed batches)"))
     return "\n".join(lines)

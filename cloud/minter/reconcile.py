@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 from typing import Any
 
 import asyncpg
@@ -20,6 +21,7 @@ from solders.pubkey import Pubkey
 from cloud.chain.base import ChainBackend
 from cloud.chain.tx import token_account
 from cloud.minter import store
+from protocol.units import entitled_base_units
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,17 +50,31 @@ class ReconcileReport:
     unrecorded: list[LandedUnrecorded] = field(default_factory=list)
     confirmed_not_on_chain: list[tuple[int, str]] = field(default_factory=list)
     foreign_transactions: int = 0  # authority transactions without one of our memos (mint creation, ...)
+    # Entitlement check: on-chain balance of every registered wallet against what its meters' accepted
+    # readings entitle it to (protocol.units.entitled_base_units per meter, summed per wallet).
+    chain_by_wallet: dict[str, int] = field(default_factory=dict)
+    entitled_by_wallet: dict[str, int] = field(default_factory=dict)
+    unminted_readings: int = 0
+    overminted_wallets: list[str] = field(default_factory=list)
+
+    @property
+    def entitlement_drift(self) -> int:
+        """Σ |chain − entitled| over wallets. Only meaningful as 'drift' once nothing is left unminted."""
+        wallets = self.chain_by_wallet.keys() | self.entitled_by_wallet.keys()
+        return sum(abs(self.chain_by_wallet.get(w, 0) - self.entitled_by_wallet.get(w, 0)) for w in wallets)
 
     @property
     def clean(self) -> bool:
         return (not self.wallet_drift and not self.unrecorded and not self.confirmed_not_on_chain
-                and self.supply_database == self.supply_chain)
+                and self.supply_database == self.supply_chain and not self.overminted_wallets
+                and (self.unminted_readings > 0 or self.entitlement_drift == 0))
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self) | {"clean": self.clean}
+        return asdict(self) | {"clean": self.clean, "entitlement_drift": self.entitlement_drift}
 
 
-async def reconcile(dsn: str, backend: ChainBackend, *, fix: bool = False) -> ReconcileReport:
+async def reconcile(dsn: str, backend: ChainBackend, *, fix: bool = False, ratio: Fraction = Fraction(1),
+                    decimals: int = 9) -> ReconcileReport:
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
     assert pool is not None
     try:
@@ -66,6 +82,7 @@ async def reconcile(dsn: str, backend: ChainBackend, *, fix: bool = False) -> Re
         await _scan_history(pool, backend, report, fix=fix)
         await _compare_balances(pool, backend, report)
         await _check_confirmed(pool, backend, report)
+        await _check_entitlement(pool, backend, report, ratio=ratio, decimals=decimals)
         return report
     finally:
         await pool.close()
@@ -123,3 +140,20 @@ async def _check_confirmed(pool: asyncpg.Pool, backend: ChainBackend, report: Re
         for r, st in zip(chunk, statuses, strict=True):
             if st is None or st.err is not None:
                 report.confirmed_not_on_chain.append((r["id"], r["signature"]))
+
+
+async def _check_entitlement(pool: asyncpg.Pool, backend: ChainBackend, report: ReconcileReport, *,
+                             ratio: Fraction, decimals: int) -> None:
+    rows = await pool.fetch(
+        "SELECT m.wallet_address AS wallet, sum(r.export_wh)::bigint AS wh FROM meters m"
+        " LEFT JOIN meter_readings r ON r.meter_id = m.meter_id AND r.wallet_address = m.wallet_address"
+        " GROUP BY m.meter_id, m.wallet_address")
+    for r in rows:
+        entitled = entitled_base_units(int(r["wh"] or 0), ratio=ratio, decimals=decimals)
+        report.entitled_by_wallet[r["wallet"]] = report.entitled_by_wallet.get(r["wallet"], 0) + entitled
+    for wallet in report.entitled_by_wallet:
+        report.chain_by_wallet[wallet] = await backend.token_balance(
+            token_account(backend.identity, Pubkey.from_string(wallet)))
+    report.overminted_wallets = sorted(w for w, b in report.chain_by_wallet.items()
+                                       if b > report.entitled_by_wallet.get(w, 0))
+    report.unminted_readings = int(await pool.fetchval("SELECT count(*) FROM meter_readings WHERE NOT minted"))

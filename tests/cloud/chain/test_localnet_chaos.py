@@ -88,6 +88,8 @@ def test_kill9_and_rpc_faults_never_double_mint(database_url: str, tmp_path: Pat
                     == amount, wallet
             report = await reconcile(database_url, backend)
             assert report.clean, report
+            assert report.unminted_readings == 0 and report.entitlement_drift == 0
+            assert report.entitled_by_wallet == expected
             conn = await asyncpg.connect(database_url)
             try:
                 stats = await conn.fetchrow(

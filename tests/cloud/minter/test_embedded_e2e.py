@@ -40,6 +40,8 @@ def test_embedded_mint_is_exact_and_reconciles(database_url: str, tmp_path: Path
             assert await backend.token_supply() == sum(expected.values())
             report = await reconcile(database_url, backend)
             assert report.clean, report
+            assert report.unminted_readings == 0 and report.entitlement_drift == 0
+            assert report.entitled_by_wallet == expected
         finally:
             await backend.close()
 
