@@ -41,6 +41,9 @@ T = TypeVar("T")
 #: Test-only: exit with status 137 right after the Nth commit, before its ack is published.
 CRASH_AFTER_COMMIT_ENV = "GRIDTOKENX_TEST_CRASH_AFTER_COMMIT"
 _BACKOFF_START, _BACKOFF_MAX = 0.5, 15.0
+#: A dependency failure (retried), as opposed to a bug. InternalClientError is what asyncpg raises
+#: on a connection whose server backend was terminated mid-statement.
+_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
 
 
 class IngestConsumer:
@@ -54,6 +57,7 @@ class IngestConsumer:
         self._pool: asyncpg.Pool | None = None
         self._connected = False
         self._commits = 0
+        self._stop = asyncio.Event()
         crash = os.environ.get(CRASH_AFTER_COMMIT_ENV)
         self._crash_after = int(crash) if crash else None
 
@@ -64,6 +68,7 @@ class IngestConsumer:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set; the batch in hand is finished and acked first."""
+        self._stop = stop
         self._pool = await create_pool(self.settings.database_url, min_size=1, max_size=2)
         try:
             async with self._pool.acquire() as conn:
@@ -92,6 +97,10 @@ class IngestConsumer:
                              self.settings.client_id)
                     await self._loop(client, stop)
                     await self._leave(client)
+            except Abandoned as exc:
+                log.warning("stopping without committing batch %s (the database is unreachable); "
+                            "the edge will re-send it", exc.batch_id)
+                return
             except aiomqtt.MqttError as exc:
                 log.warning("MQTT connection to %s failed or was lost (%s); reconnecting in %.1f s", url, exc, backoff)
             finally:
@@ -121,8 +130,8 @@ class IngestConsumer:
                     if committing is not None:
                         await committing
                     committing = tasks.create_task(self.commit(client, prepared)) if prepared else None
-        except* aiomqtt.MqttError as group:
-            # Surface a lost connection as itself, so that `_consume` reconnects.
+        except* (aiomqtt.MqttError, Abandoned) as group:
+            # Surface these as themselves, so that `_consume` reconnects or stops.
             raise group.exceptions[0] from None
         finally:
             stopper.cancel()
@@ -201,10 +210,18 @@ class IngestConsumer:
         while True:
             try:
                 async with self._pool.acquire() as conn:
-                    return await work(conn)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    try:
+                        return await work(conn)
+                    except _DB_ERRORS:
+                        # Never hand a connection that failed mid-protocol back to the pool.
+                        conn.terminate()
+                        raise
+            except _DB_ERRORS as exc:
+                if self._stop.is_set():
+                    raise Abandoned(batch.batch_id) from exc
                 log.error("database step for batch %s failed (%s); retrying in %.1f s", batch.batch_id, exc, backoff)
-                await asyncio.sleep(backoff)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
 
     async def persist(self, conn: asyncpg.Connection, prepared: Prepared) -> Plan:
@@ -216,6 +233,14 @@ class IngestConsumer:
         await write_plan(conn, plan)
         self.metrics.commit_seconds.observe(time.perf_counter() - started)
         return plan
+
+
+class Abandoned(Exception):
+    """Stopping while the database is unreachable: the batch is left unacked for the edge to re-send."""
+
+    def __init__(self, batch_id: str) -> None:
+        super().__init__(batch_id)
+        self.batch_id = batch_id
 
 
 @dataclass(frozen=True, slots=True)
