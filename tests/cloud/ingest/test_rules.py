@@ -123,3 +123,17 @@ def test_classify_uses_stored_context() -> None:
     assert [(r.status, r.reason) for r in plan.results()] == [
         ("rejected", Reason.EQUIVOCATION), ("rejected", Reason.SUSPENDED_METER)]
     assert "m1" in plan.quarantine
+
+
+def test_classify_checks_registers_against_earlier_items_of_the_same_batch() -> None:
+    record, secret = _meter(b"local")
+    items = [BatchItem("m1", s, sign_reading(reading(s, wh, reg), secret))
+             for s, wh, reg in ((3, 100, 1_300), (1, 100, 1_100), (2, 100, 1_250))]  # out of order on purpose
+    batch = Batch(gateway_id="gw", batch_id="b", sent_at=NOW, items=items)
+    parsed = parse_items(batch)
+    plan = classify(batch, parsed, verify_signatures(parsed, {"m1": record}.get), {}, {"m1": record}.get,
+                    limits=LIMITS, now=NOW)
+    # seq 1 is the baseline; seq 2 claims 100 Wh but the register moved 150; seq 3 then follows the
+    # accepted seq 1 across a gap (1_300 − 100 ≥ 1_100), so it is accepted.
+    assert [(r.seq, r.status, r.reason) for r in plan.results()] == [
+        (3, "accepted", None), (1, "accepted", None), (2, "rejected", Reason.REGISTER_MISMATCH)]
