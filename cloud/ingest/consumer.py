@@ -87,8 +87,7 @@ class IngestConsumer:
                 async with aiomqtt.Client(
                     url.host, url.port, username=url.username, password=url.password,
                     identifier=self.settings.client_id, clean_session=False,
-                    tls_params=aiomqtt.TLSParameters(ca_certs=str(self.settings.broker_ca))
-                    if url.tls and self.settings.broker_ca else None,
+                    tls_params=self._tls_params(),
                 ) as client:
                     await client.subscribe(topics.SHARED_BATCHES_FILTER, qos=1)
                     self._connected = True
@@ -109,6 +108,13 @@ class IngestConsumer:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
+
+    def _tls_params(self) -> aiomqtt.TLSParameters | None:
+        """mqtts:// uses the CA file when one is configured, else the system's trust store."""
+        if not self.settings.broker_url.tls:
+            return None
+        ca = self.settings.broker_ca
+        return aiomqtt.TLSParameters(ca_certs=str(ca) if ca else None)
 
     async def _loop(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
         """Two-stage pipeline: batch N+1 is parsed and verified (worker thread) while batch N

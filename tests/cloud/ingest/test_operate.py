@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from pathlib import Path
 
 import aiomqtt
 import asyncpg
@@ -14,12 +15,13 @@ from cloud.ingest.registry import Registry
 from cloud.ingest.rules import Limits
 from cloud.ingest.store import write_plan
 from cloud.settings import TokenizationSettings
-from gridtokenx.brokers import Mosquitto
+from gridtokenx.brokers import Mosquitto, free_port, generate_dev_certs
 from protocol import topics
 from protocol.reasons import Reason
 from tests.cloud.ingest.conftest import GATEWAY, ConsumerFactory
-from tests.cloud.ingest.support import Gateway, Meter, query, register
+from tests.cloud.ingest.support import ConsumerProcess, Gateway, Meter, query, register
 from tests.cloud.ingest.test_scaleout import fleet_batches
+from tests.conftest import BrokerFactory
 from tests.helpers import async_wait_for, wait_for
 
 
@@ -137,3 +139,23 @@ def test_postgres_connections_killed_mid_stream_lose_nothing(
     assert len(keys) == len({(r["meter_id"], r["seq"]) for r in keys}) == 600
     assert {r.status for a in gw.acks.values() for r in a.results} <= {"accepted", "duplicate"}
     assert consumer.terminate() == 0
+
+
+def test_consumer_over_tls_with_the_configured_ca(
+        broker_factory: BrokerFactory, migrated_db: str, gateway_password: str, tmp_path: Path) -> None:
+    certs = generate_dev_certs(tmp_path / "certs")
+    broker = broker_factory("cloud", users={GATEWAY: gateway_password}, tls_port=free_port(), certs_dir=certs)
+    assert broker.tls_port is not None
+    meter = Meter.make("tls-1")
+    asyncio.run(register(migrated_db, [meter]))
+    url = f"mqtts://cloud-consumer:{broker.users['cloud-consumer']}@127.0.0.1:{broker.tls_port}"
+    consumer = ConsumerProcess(dsn=migrated_db, broker_url=url, client_id="cloud-consumer-tls", log_dir=tmp_path,
+                               env={"GRIDTOKENX_CLOUD_BROKER_CA": str(certs / "ca.crt")})
+    try:
+        consumer.wait_ready()
+        gw = Gateway("127.0.0.1", broker.port, GATEWAY, gateway_password)
+        acks = asyncio.run(gw.deliver([gw.batch("tls", [meter.item(1, 10, 10)])]))
+        assert acks["tls"].results[0].status == "accepted"
+        assert consumer.terminate() == 0
+    finally:
+        consumer.close()
