@@ -13,6 +13,7 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 from edge.buffer import Buffer, Quota
@@ -83,7 +84,7 @@ async def run_agent(settings: EdgeSettings) -> int:
     try:
         async with asyncio.TaskGroup() as tg:
             forwarding = tg.create_task(forwarder.run())
-            chores = tg.create_task(_housekeeping(writer, stopping, settings.ttl_seconds))
+            chores = tg.create_task(_housekeeping(writer, stopping, settings.ttl_seconds, forwarder.wake))
             await stopping.wait()
             log.info("stopping: draining received messages and batches in flight")
             receiver.pause()
@@ -93,6 +94,10 @@ async def run_agent(settings: EdgeSettings) -> int:
             forwarder.stop()
             await forwarding
             chores.cancel()
+    except* RuntimeError:
+        if not failed:
+            raise
+        # The writer failed and said why once; the forwarder's calls into it fail after that.
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
@@ -107,9 +112,11 @@ async def run_agent(settings: EdgeSettings) -> int:
     return 0
 
 
-async def _housekeeping(writer: Writer, stopping: asyncio.Event, ttl_seconds: float) -> None:
-    """Oldest-pending age every second, TTL every 10 s (sooner for short TTLs), recount and
-    batch-history pruning every minute."""
+async def _housekeeping(writer: Writer, stopping: asyncio.Event, ttl_seconds: float,
+                        wake: Callable[[], None]) -> None:
+    """Every second: the oldest pending age, and a recount when the inspector changed the buffer
+    (then the forwarder is woken, so requeued rows flow even when no reading arrives). TTL every
+    10 s (sooner for short TTLs); recount and batch-history pruning every minute."""
     expire_every = min(EXPIRE_EVERY_S, max(HOUSEKEEPING_S, ttl_seconds / 4))
     last_expire = last_resync = time.monotonic()
     while not stopping.is_set():
@@ -118,6 +125,11 @@ async def _housekeeping(writer: Writer, stopping: asyncio.Event, ttl_seconds: fl
         if stopping.is_set():
             return
         now = time.monotonic()
+        if await writer.call(lambda b: b.changed_elsewhere()):
+            counts = await writer.call(lambda b: b.resync())
+            log.info("the buffer was changed by another process (inspector?): now %d pending, %d rejected",
+                     counts.pending, counts.rejected)
+            wake()
         await writer.call(lambda b: b.refresh_oldest())
         if now - last_expire >= expire_every:
             last_expire = now

@@ -210,6 +210,7 @@ def edge_bench(readings: int, meters: int, buffered: int, as_json: bool) -> None
             pub.go()
             pub.result()
             _wait(lambda: agent.metric('gridtokenx_edge_buffer_rows{state="pending"}') >= n, 600, "the backlog")
+            say(f"replay: {n:,} readings buffered; cloud broker back")
             t_back = time.monotonic()
             cloud.start()
             t_first = _wait(lambda: standin.seen.unique() > n, 120, "the first replayed batch", 0.005)

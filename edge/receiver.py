@@ -25,7 +25,8 @@ from protocol.topics import METER_READINGS_FILTER
 
 log = logging.getLogger(__name__)
 
-Sink = Callable[[str, bytes, int, int], None]
+Sink = Callable[[str, bytes, int, int, int], None]
+"""(topic, payload, mid, qos, connection generation)"""
 
 #: Packets read per wake-up at most while our read buffer is empty (Home Assistant reads 500).
 READ_BURST = 1000
@@ -37,10 +38,11 @@ class _BulkReadClient(mqtt.Client):
     """paho with bulk reads. Measured: paho 2.2 spends half its time on one select() and three or four
     recv() calls per incoming PUBLISH (loop_read ignores max_packets when nothing is outgoing).
 
-    Three overrides of private paho methods (pinned paho-mqtt < 3): `_sock_recv` serves paho's small
+    Overrides of private paho methods (pinned paho-mqtt < 3): `_sock_recv` serves paho's small
     reads from one large recv, and `loop_read` keeps reading until the socket and that buffer are
     both empty (or READ_BURST packets, so acks still get written between bursts), and
-    `_packet_write` sends a run of PUBACKs in one send(). The read buffer is
+    `_packet_write` sends a run of PUBACKs in one send(), and `_handle_on_message` skips the
+    per-topic callback matcher we do not use. The read buffer is
     dropped on every (re)connect, so no stale bytes reach a new session.
     """
 
@@ -60,6 +62,13 @@ class _BulkReadClient(mqtt.Client):
         chunk = self._rbuf[self._rpos:self._rpos + bufsize]
         self._rpos += len(chunk)
         return chunk
+
+    def _handle_on_message(self, message: mqtt.MQTTMessage) -> None:
+        # No per-topic callbacks are registered: skip paho's topic matcher (5% of ingest CPU).
+        on_message = self.on_message
+        if on_message is not None:
+            with self._in_callback_mutex:
+                on_message(self, self._userdata, message)
 
     def _packet_write(self) -> MQTTErrorCode:
         # One send() for the whole run of PUBACKs the writer queued after a commit, instead of one
@@ -98,6 +107,8 @@ class Receiver:
         self._paused = threading.Event()
         self._on_connection = on_connection
         self.connected = False
+        self.generation = 0
+        """Bumped on every connect and disconnect: acks are only sent on the connection that delivered."""
         client = _BulkReadClient(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
                              manual_ack=True)
         if url.username:
@@ -115,8 +126,16 @@ class Receiver:
         self._client.connect_async(self._url.host, self._url.port, keepalive=30)
         self._client.loop_start()
 
-    def ack(self, mid: int, qos: int) -> None:
-        self._client.ack(mid, qos)
+    def ack(self, mid: int, qos: int, generation: int) -> None:
+        """PUBACK a committed message, but only on the connection that delivered it.
+
+        A packet id is only meaningful within its session's flight: after a reconnect the broker
+        re-delivers every unacked message (DUP), and may reuse a freed id for a new message. An
+        ack for an old delivery could then release a message we have not committed yet; instead
+        the re-delivered copy is stored as a duplicate and acked on the new connection.
+        """
+        if generation == self.generation:
+            self._client.ack(mid, qos)
 
     def pause(self) -> None:
         """Stop taking messages (drain): later ones stay un-acked, and the broker keeps them for us."""
@@ -134,12 +153,14 @@ class Receiver:
         # The subscription survives in the persistent session, but subscribing again is harmless and
         # covers a broker that lost its persistence file.
         client.subscribe(METER_READINGS_FILTER, qos=1)
+        self.generation += 1
         self.connected = True
         self._on_connection(True)
         log.info("connected to the edge broker, subscribed to %s", METER_READINGS_FILTER)
 
     def _disconnected(self, _client: mqtt.Client, _userdata: Any, _flags: mqtt.DisconnectFlags,
                       reason: ReasonCode, _props: Properties | None) -> None:
+        self.generation += 1
         self.connected = False
         self._on_connection(False)
         if not self._paused.is_set():
@@ -152,4 +173,4 @@ class Receiver:
             topic = message.topic
         except UnicodeDecodeError:
             topic = "<not UTF-8>"  # quarantined as a topic mismatch, still acked after the commit
-        self._sink(topic, bytes(message.payload), message.mid, message.qos)
+        self._sink(topic, bytes(message.payload), message.mid, message.qos, self.generation)

@@ -35,6 +35,7 @@ class Incoming:
     payload: bytes
     mid: int
     qos: int
+    generation: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +48,8 @@ class _Stop:
     pass
 
 
-Acker = Callable[[int, int], None]
+Acker = Callable[[int, int, int], None]
+"""ack(mid, qos, connection generation)"""
 
 
 class Writer:
@@ -60,7 +62,7 @@ class Writer:
         self._linger = linger_s
         self._queue: queue.SimpleQueue[Incoming | _Call | _Stop] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._main, name="edge-writer", daemon=True)
-        self.ack: Acker = lambda _mid, _qos: None
+        self.ack: Acker = lambda _mid, _qos, _gen: None
         self.on_stored: Callable[[], None] = lambda: None
         """Called (on the writer thread) after a commit that added pending rows."""
         self.on_failure: Callable[[BaseException], None] = lambda _exc: None
@@ -68,8 +70,8 @@ class Writer:
 
     # -- producer side (any thread) -----------------------------------------------------------
 
-    def submit(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
-        self._queue.put(Incoming(topic, payload, mid, qos))
+    def submit(self, topic: str, payload: bytes, mid: int, qos: int, generation: int) -> None:
+        self._queue.put(Incoming(topic, payload, mid, qos, generation))
 
     def call_soon(self, fn: Callable[[Buffer], T]) -> Future[T]:
         future: Future[T] = Future()
@@ -176,7 +178,7 @@ class Writer:
         # Only now, with the readings durable (per the synchronous setting), release them at the broker.
         for m in messages:
             if m.qos > 0:
-                self.ack(m.mid, m.qos)
+                self.ack(m.mid, m.qos, m.generation)
         self._account(len(messages), outcome)
         if outcome.stored:
             self.on_stored()
