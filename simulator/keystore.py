@@ -69,13 +69,14 @@ def new_key(index: int, *, plan: list[MeterType], seed: int | None) -> MeterKey:
             return secrets.token_bytes(size)
         return hashlib.sha256(f"gridtokenx-sim/{seed}/{label}/{meter_id}".encode()).digest()[:size]
 
-    public, _ = secret_key_from_seed(material("ed25519", 32))
+    signing_seed = material("ed25519", 32)  # drawn once: the key file must hold the seed of this public key
+    public, _ = secret_key_from_seed(signing_seed)
     meter_type = _type_for(index, plan, seed or 0)
     low, high = CAPACITY_RANGE_W[meter_type]
     capacity = low + int(unit(seed or secrets.randbits(32), index, 0xCA) * (high - low)) // 100 * 100
     return MeterKey(
         meter_id=meter_id,
-        secret_seed=base58.b58encode(material("ed25519", 32)).decode(),
+        secret_seed=base58.b58encode(signing_seed).decode(),
         public_key=base58.b58encode(public).decode(),
         mqtt_password=base58.b58encode(material("mqtt", 18)).decode(),
         wallet_address=str(Keypair.from_seed(material("wallet", 32)).pubkey()),

@@ -10,11 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
+import base58
 import yaml
 from click.testing import CliRunner
 
 from gridtokenx.brokers import free_port
 from protocol.keys import decode_key
+from protocol.wire import sign, verify
 from simulator.cli import sim
 from simulator.fleet import run_fleet
 from tests.simulator.conftest import Fleet
@@ -46,6 +48,10 @@ def test_keygen_writes_private_keys_and_registry_and_never_overwrites(tmp_path: 
         key = decode_key((out / f"{row['meter_id']}.key").read_bytes())
         assert (row["public_key"], row["wallet_address"], int(row["capacity_w"])) == \
             (key.public_key, key.wallet_address, key.capacity_w)
+        # Unseeded keygen (what operators run): the secret must sign for the exported public key.
+        public, secret = key.keypair()
+        assert base58.b58encode(public).decode() == row["public_key"]
+        assert verify(public, b"probe", sign(b"probe", secret))
 
     result = runner.invoke(sim, ["keygen", "--meters", "2", "--out", str(out)])
     assert result.exit_code == 0 and "nothing overwritten" in result.output
