@@ -55,6 +55,22 @@ def scrape(stack: Stack) -> Snapshot:
     return snap
 
 
+def edge_depth(snap: Snapshot) -> float:
+    return snap.get("edge", 'gridtokenx_edge_buffer_rows{state="pending"}') + snap.get(
+        "edge", 'gridtokenx_edge_buffer_rows{state="inflight"}')
+
+
+def snapshot_doc(first: Snapshot, now: Snapshot, phase: str) -> dict[str, Any]:
+    """One live-view frame as data (the --json output keeps them all)."""
+    doc: dict[str, Any] = {"t": round(now.t - first.t, 1), "phase": phase}
+    for label, proc, metric in HOPS:
+        doc[label] = now.get(proc, metric)
+    doc["edge_depth"] = edge_depth(now)
+    doc["unminted_backlog"] = now.get("cloud", "gridtokenx_unminted_backlog")
+    doc["minted_base_units"] = now.get("cloud", "gridtokenx_minted_base_units_total")
+    return doc
+
+
 def view(first: Snapshot, prev: Snapshot, now: Snapshot, *, decimals: int, phase: str) -> Group:
     table = Table(title=f"GridTokenX demo — {phase} — {now.t - first.t:5.1f} s", expand=False)
     table.add_column("hop")
@@ -68,9 +84,7 @@ def view(first: Snapshot, prev: Snapshot, now: Snapshot, *, decimals: int, phase
     state = Table(show_header=False, expand=False)
     state.add_column("what")
     state.add_column("value", justify="right")
-    depth = now.get("edge", 'gridtokenx_edge_buffer_rows{state="pending"}') + now.get(
-        "edge", 'gridtokenx_edge_buffer_rows{state="inflight"}')
-    state.add_row("edge buffer depth (pending + in flight)", f"{depth:,.0f}")
+    state.add_row("edge buffer depth (pending + in flight)", f"{edge_depth(now):,.0f}")
     state.add_row("edge quarantined", f"{now.get('edge', 'gridtokenx_edge_quarantined_total'):,.0f}")
     state.add_row("unminted backlog", f"{now.get('cloud', 'gridtokenx_unminted_backlog'):,.0f}")
     minted = int(now.get("cloud", "gridtokenx_minted_base_units_total"))
@@ -158,10 +172,11 @@ def demo(meters: int, duration: float, speed: float, interval: int, faults: bool
             sim = stack.start_sim(*sim_flags)
             first = prev = scrape(stack)
             snapshots: list[dict[str, Any]] = []
-            with Live(view(first, prev, first, decimals=decimals, phase="starting"), console=console,
-                      refresh_per_second=4, transient=False) as live:
-                if as_json:
-                    live.stop()
+            live = Live(view(first, prev, first, decimals=decimals, phase="starting"), console=console,
+                        refresh_per_second=4, transient=False)
+            if not as_json:
+                live.start()
+            try:
                 drain_deadline: float | None = None
                 while True:
                     time.sleep(1.0)
@@ -169,9 +184,7 @@ def demo(meters: int, duration: float, speed: float, interval: int, faults: bool
                     phase = "publishing" if sim.running else "draining"
                     if not as_json:
                         live.update(view(first, prev, now, decimals=decimals, phase=phase))
-                    snapshots.append({"t": round(now.t - first.t, 1), "phase": phase,
-                                      "cloud_accepted": now.get("cloud", "gridtokenx_cloud_readings_accepted_total"),
-                                      "minted": now.get("cloud", "gridtokenx_minted_readings_total")})
+                    snapshots.append(snapshot_doc(first, now, phase))
                     prev = now
                     for name in ("cloud", "edge"):
                         if not stack.procs[name].running:
@@ -179,20 +192,25 @@ def demo(meters: int, duration: float, speed: float, interval: int, faults: bool
                     if sim.running:
                         continue
                     drain_deadline = drain_deadline or time.monotonic() + drain_timeout
-                    depth = now.get("edge", 'gridtokenx_edge_buffer_rows{state="pending"}') + now.get(
-                        "edge", 'gridtokenx_edge_buffer_rows{state="inflight"}')
+                    depth = edge_depth(now)
                     backlog = now.get("cloud", "gridtokenx_unminted_backlog")
                     if depth == 0 and backlog == 0 and now.get("cloud", "gridtokenx_cloud_readings_accepted_total"):
                         break
                     if time.monotonic() > drain_deadline:
                         raise StackError(f"not drained after {drain_timeout:g} s: edge depth {depth:.0f}, "
                                          f"unminted {backlog:.0f}")
+            finally:
+                if not as_json:
+                    live.stop()
             sim_report = stack.sim_report()
+            final = snapshot_doc(first, prev, "done")
             stack.procs["edge"].stop()
             stack.procs["cloud"].stop()
             reconcile = json.loads(stack.run_cli("cloud", "reconcile", "--json", env=stack.cloud_env()))
             summary = asyncio.run(summarize(stack.database_url, ratio_text=ratio_text, decimals=decimals))
             result = build_result(summary, reconcile, sim_report, snapshots, summary.pop("wallet_types"))
+            result["edge_quarantined"] = int(prev.get("edge", "gridtokenx_edge_quarantined_total"))
+            result["final"] = final
     except StackError as exc:
         console.print(f"[red]demo failed:[/red] {exc}")
         sys.exit(1)
