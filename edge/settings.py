@@ -15,6 +15,9 @@ from gridtokenx.config import BrokerURL, ConfigError
 Policy = Literal["drop_oldest", "reject_new"]
 POLICIES: tuple[str, ...] = ("drop_oldest", "reject_new")
 SYNCHRONOUS: tuple[str, ...] = ("NORMAL", "FULL")
+#: 1,000 × 4096-byte payloads, base64 in a JSON batch, is about 5.5 MB: under the cloud broker's
+#: max_packet_size (6,000,000, broker-config/cloud/mosquitto.conf).
+MAX_BATCH_SIZE = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +91,10 @@ class EdgeSettings:
         for name in ("max_rows", "max_bytes", "batch_size", "window", "commit_max"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.batch_size > MAX_BATCH_SIZE:
+            raise ConfigError(f"batch size {self.batch_size} is too large: {MAX_BATCH_SIZE} readings of up to "
+                              "4096 bytes, base64 in JSON, is what the cloud broker's 6 MB packet limit holds; "
+                              "lower --batch-size")
         if not self.gateway_id or "/" in self.gateway_id or "+" in self.gateway_id or "#" in self.gateway_id:
             raise ConfigError(f"gateway id {self.gateway_id!r} must be a non-empty MQTT topic level "
                               "(no '/', '+', '#')")
