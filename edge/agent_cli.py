@@ -25,6 +25,10 @@ from gridtokenx.config import ConfigError, load
 @click.option("--cloud-broker-url", help="mqtt[s]://GATEWAY:PASS@host:port of the cloud broker.")
 @click.option("--gateway-id", help="This gateway's id (cloud username, topic edge/{id}/...).")
 @click.option("--buffer", type=click.Path(path_type=Path, dir_okay=False), help="SQLite buffer file.")
+@click.option("--edge-broker-ca", type=click.Path(path_type=Path, dir_okay=False),
+              help="CA certificate for an mqtts:// edge broker (default: the system CAs).")
+@click.option("--cloud-broker-ca", type=click.Path(path_type=Path, dir_okay=False),
+              help="CA certificate for an mqtts:// cloud broker (default: the system CAs).")
 @click.option("--metrics-port", type=int, help="Port for /metrics and /healthz (default 9101, 0 = any).")
 @click.option("--meter-keys", type=click.Path(path_type=Path, dir_okay=False),
               help="meters.csv (meter_id, public_key): enable the signature pre-check.")
