@@ -154,21 +154,30 @@ class Forwarder:
                 await self._wait_for_fill(s.batch_size, s.batch_interval_ms / 1000)
                 if self._stopping:
                     break
-            batch_id = uuid.uuid4().hex
-            rows = await self._claim(batch_id)
-            if not rows:
+            flight = await self._claim(uuid.uuid4().hex)
+            if flight is None:
                 continue
-            now = time.monotonic()
-            flight = InFlight(batch_id, [BatchItem(r.meter_id, r.seq, r.payload) for r in rows], now,
-                              now + s.ack_timeout_s)
-            self._inflight[batch_id] = flight
-            self._m.batches_in_flight.set(len(self._inflight))
             await self._publish(client, flight, resend=False)
         await self._drain()
 
-    async def _claim(self, batch_id: str) -> list[Claimed]:
-        size = self._s.batch_size
-        return await self._writer.call(lambda b: b.claim(batch_id, size, time.time()))
+    async def _claim(self, batch_id: str) -> InFlight | None:
+        """Claim rows into a new batch and register it in memory, even if this task is cancelled
+        meanwhile (a dropped connection): rows marked inflight in SQLite but unknown here would
+        never be re-sent until the next restart."""
+        size, timeout = self._s.batch_size, self._s.ack_timeout_s
+
+        def adopt(done: asyncio.Future[list[Claimed]]) -> None:
+            if done.cancelled() or done.exception() is not None or not done.result():
+                return
+            now = time.monotonic()
+            self._inflight[batch_id] = InFlight(
+                batch_id, [BatchItem(r.meter_id, r.seq, r.payload) for r in done.result()], now, now + timeout)
+            self._m.batches_in_flight.set(len(self._inflight))
+
+        claim = asyncio.ensure_future(self._writer.call(lambda b: b.claim(batch_id, size, time.time())))
+        claim.add_done_callback(adopt)
+        await asyncio.shield(claim)
+        return self._inflight.get(batch_id)
 
     async def _wait_for_fill(self, size: int, interval: float) -> None:
         deadline = time.monotonic() + interval
@@ -237,8 +246,10 @@ class Forwarder:
         whole = (flight is not None and len(ack.results) == len(flight.items)
                  and all(r.status != "rejected" for r in ack.results)
                  and {(r.meter_id, r.seq) for r in ack.results} == {(i.meter_id, i.seq) for i in flight.items})
-        outcome: AckOutcome = await self._writer.call(
-            lambda b: b.apply_ack(ack.batch_id, ack.results, time.time(), whole_batch_ok=whole))
+        # Shielded: once the batch is out of memory its ack must reach SQLite, even if the connection
+        # drops (and this task is cancelled) while the writer applies it.
+        outcome: AckOutcome = await asyncio.shield(asyncio.ensure_future(self._writer.call(
+            lambda b: b.apply_ack(ack.batch_id, ack.results, time.time(), whole_batch_ok=whole))))
         if flight is not None:
             self._m.forward_latency.observe(time.monotonic() - flight.first_sent)
         self._m.batches_in_flight.set(len(self._inflight))
