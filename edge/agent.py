@@ -13,7 +13,6 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Callable
 from typing import Any
 
 from edge.buffer import Buffer, Quota
@@ -84,7 +83,7 @@ async def run_agent(settings: EdgeSettings) -> int:
     try:
         async with asyncio.TaskGroup() as tg:
             forwarding = tg.create_task(forwarder.run())
-            chores = tg.create_task(_housekeeping(writer, stopping, settings.ttl_seconds, forwarder.wake))
+            chores = tg.create_task(_housekeeping(writer, forwarder, stopping, settings.ttl_seconds))
             await stopping.wait()
             log.info("stopping: draining received messages and batches in flight")
             receiver.pause()
@@ -112,11 +111,12 @@ async def run_agent(settings: EdgeSettings) -> int:
     return 0
 
 
-async def _housekeeping(writer: Writer, stopping: asyncio.Event, ttl_seconds: float,
-                        wake: Callable[[], None]) -> None:
+async def _housekeeping(writer: Writer, forwarder: Forwarder, stopping: asyncio.Event,
+                        ttl_seconds: float) -> None:
     """Every second: the oldest pending age, and a recount when the inspector changed the buffer
     (then the forwarder is woken, so requeued rows flow even when no reading arrives). TTL every
-    10 s (sooner for short TTLs); recount and batch-history pruning every minute."""
+    10 s (sooner for short TTLs); every minute a recount, batch-history pruning, and the safety net
+    for rows in flight in a batch the forwarder no longer holds."""
     expire_every = min(EXPIRE_EVERY_S, max(HOUSEKEEPING_S, ttl_seconds / 4))
     last_expire = last_resync = time.monotonic()
     while not stopping.is_set():
@@ -129,7 +129,7 @@ async def _housekeeping(writer: Writer, stopping: asyncio.Event, ttl_seconds: fl
             counts = await writer.call(lambda b: b.resync())
             log.info("the buffer was changed by another process (inspector?): now %d pending, %d rejected",
                      counts.pending, counts.rejected)
-            wake()
+            forwarder.wake()
         await writer.call(lambda b: b.refresh_oldest())
         if now - last_expire >= expire_every:
             last_expire = now
@@ -139,3 +139,4 @@ async def _housekeeping(writer: Writer, stopping: asyncio.Event, ttl_seconds: fl
         if now - last_resync >= RESYNC_EVERY_S:
             last_resync = now
             await writer.call(lambda b: (b.resync(), b.prune_batches(time.time())))
+            await forwarder.requeue_orphans()

@@ -354,6 +354,21 @@ class Buffer:
         self.refresh_oldest()
         return out.drops
 
+    def requeue_orphans(self, known_batches: list[str], older_than: float) -> int:
+        """Safety net: rows inflight in a batch the forwarder no longer holds go back to pending.
+
+        Only rows last sent before `older_than`, so a claim whose batch is being registered right
+        now is left alone. Should find nothing; a non-zero count is logged as a bug.
+        """
+        marks = ",".join("?" * len(known_batches))
+        not_known = f"AND batch_id NOT IN ({marks})" if known_batches else ""
+        with self._tx():
+            n = self._db.execute(f"UPDATE readings SET state = 'pending' WHERE state = 'inflight' {not_known} "
+                                 "AND last_sent_at < ?", (*known_batches, older_than)).rowcount
+        if n:
+            self.resync()
+        return n
+
     def prune_batches(self, now: float) -> int:
         with self._tx():
             return self._db.execute("DELETE FROM batches WHERE acked_at IS NOT NULL AND acked_at < ?",

@@ -82,6 +82,15 @@ class Forwarder:
     def in_flight(self) -> int:
         return len(self._inflight)
 
+    async def requeue_orphans(self) -> None:
+        """Rows inflight in SQLite whose batch is not held here would wait for a restart: requeue them."""
+        known = list(self._inflight)
+        older_than = time.time() - 2 * self._s.ack_timeout_s
+        n = await self._writer.call(lambda b: b.requeue_orphans(known, older_than))
+        if n:
+            log.error("requeued %d reading(s) left inflight by a batch the forwarder had lost (a bug)", n)
+            self._changed.set()
+
     # -- connection loop ----------------------------------------------------------------------
 
     def _client(self) -> aiomqtt.Client:

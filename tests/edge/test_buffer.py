@@ -68,3 +68,15 @@ def test_synchronous_full_is_applied_and_meta_is_written(tmp_path: Path) -> None
     meta = dict(buf._db.execute("SELECT key, value FROM meta").fetchall())
     assert meta["gateway_id"] == "gw-9" and meta["synchronous"] == "FULL"
     buf.close()
+
+
+def test_orphaned_inflight_rows_go_back_to_pending(tmp_path: Path) -> None:
+    buf = Buffer.open(tmp_path / "b.db", gateway_id="gw", quota=QUOTA)
+    _fill(buf, 6)
+    buf.claim("held", 3, 100.0)
+    buf.claim("lost", 3, 100.0)
+    assert buf.requeue_orphans(["held"], older_than=50.0) == 0  # too recent: maybe being registered
+    assert buf.requeue_orphans(["held"], older_than=200.0) == 3
+    assert (buf.counts.pending, buf.counts.inflight) == (3, 3)
+    assert [r.seq for r in buf.claim("again", 10, 300.0)] == [3, 4, 5]
+    buf.close()
