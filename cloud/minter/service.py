@@ -52,11 +52,17 @@ class Minter:
                    manual: bool = False, limit: int | None = None) -> list[int]:
         recent = await self.backend.latest_blockhash()
         tok = self.settings.tokenization
-        return await store.plan_batches(
+        completed: list[float] = []
+        ids = await store.plan_batches(
             self.pool, limit=limit or tok.batch_size, settings=tok, mint=str(self.identity.mint),
             authority=self.authority, fits=lambda transfers: len(transfers) <= self.max_wallets,
             sign=lambda batch_id, transfers: self._sign(batch_id, transfers, recent),
-            reading_ids=reading_ids, meter_id=meter_id, manual=manual)
+            reading_ids=reading_ids, meter_id=meter_id, manual=manual, completed=completed)
+        # Readings whose batch had nothing to send (0 Wh, dust) are minted now: count them too.
+        metrics.MINTED_READINGS.inc(len(completed))
+        for value in completed:
+            metrics.LATENCY.observe(max(value, 0.0))
+        return ids
 
     def _sign(self, batch_id: int, transfers: list[tuple[str, int]], recent: RecentBlockhash) -> store.SignedTx:
         entries = [(Pubkey.from_string(w), a) for w, a in transfers]

@@ -85,8 +85,12 @@ Signer = Callable[[int, list[tuple[str, int]]], SignedTx]
 async def plan_batches(pool: asyncpg.Pool, *, limit: int, settings: TokenizationSettings, mint: str,
                        authority: str, fits: Callable[[list[tuple[str, int]]], bool], sign: Signer,
                        reading_ids: Sequence[int] | None = None, meter_id: str | None = None,
-                       manual: bool = False) -> list[int]:
-    """Claim readings, plan batches and write them (signed) in one transaction. Returns batch ids."""
+                       manual: bool = False, completed: list[float] | None = None) -> list[int]:
+    """Claim readings, plan batches and write them (signed) in one transaction. Returns batch ids.
+
+    Batches with nothing to send (all dust, e.g. consumers exporting 0 Wh) complete at once; the
+    ingest→minted latencies of their readings are appended to `completed` for the caller's metrics.
+    """
     from cloud.minter.planner import plan
 
     async with pool.acquire() as conn, conn.transaction():
@@ -117,12 +121,13 @@ async def plan_batches(pool: asyncpg.Pool, *, limit: int, settings: Tokenization
                      max_batches=settings.max_batches_per_poll)
         ids = []
         for p in plans:
-            ids.append(await _write_batch(conn, p, mint=mint, authority=authority, sign=sign, manual=manual))
+            ids.append(await _write_batch(conn, p, mint=mint, authority=authority, sign=sign, manual=manual,
+                                          completed=completed))
         return ids
 
 
 async def _write_batch(conn: asyncpg.Connection, p: BatchPlan, *, mint: str, authority: str, sign: Signer,
-                       manual: bool) -> int:
+                       manual: bool, completed: list[float] | None = None) -> int:
     batch_id = int(await conn.fetchval("SELECT nextval('mint_batches_id_seq')"))
     transfers = p.transfers
     signed = sign(batch_id, transfers) if transfers else None
@@ -147,7 +152,9 @@ async def _write_batch(conn: asyncpg.Connection, p: BatchPlan, *, mint: str, aut
                        "WHERE meter_id = ANY($2)", batch_id, meters)
     if not signed:
         # Nothing to send (all dust): the batch is complete as written.
-        await _apply_confirmation(conn, batch_id, None, None, None)
+        latencies = await _apply_confirmation(conn, batch_id, None, None, None)
+        if completed is not None and latencies:
+            completed.extend(latencies)
     return batch_id
 
 
