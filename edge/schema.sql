@@ -30,6 +30,8 @@ CREATE TABLE IF NOT EXISTS readings (
 );
 CREATE INDEX IF NOT EXISTS readings_state_id ON readings (state, id);
 CREATE INDEX IF NOT EXISTS readings_meter ON readings (meter_id, seq);
+-- Covers the inspector's per-state row and byte totals without touching the table (stats < 1 s at 1M rows).
+CREATE INDEX IF NOT EXISTS readings_state_size ON readings (state, size);
 
 -- Payloads that failed structural checks (or the signature pre-check): never forwarded.
 CREATE TABLE IF NOT EXISTS quarantine (

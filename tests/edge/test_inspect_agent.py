@@ -156,10 +156,6 @@ def _closed_port() -> int:
     return free_port()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "edge agent: rows another connection commits (inspect requeue) reach its in-memory counts only at the "
-    "60 s resync, and the resync does not wake the forwarder; an idle agent never sends them. Fix on the "
-    "agent side: watch PRAGMA data_version in housekeeping, resync and wake the forwarder when it changes."))
 def test_requeue_flows_on_an_idle_agent(rig: Rig, agent_factory: Any) -> None:
     meters = make_meters(1)
     cloud_rejects = threading.Event()
