@@ -12,7 +12,6 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-import pytest
 from click.testing import CliRunner
 
 from edge.inspect.cli import inspect
