@@ -21,9 +21,13 @@ import psutil
 from rich.console import Console
 
 from gridtokenx.bench.probe import Probe, percentiles
-from gridtokenx.stack import Proc, Stack, StackError, StackOptions
+from gridtokenx.stack import Stack, StackError, StackOptions
 
 PROBE_METERS = 4
+#: Offered load for 'flat out' (above what 2 cores can carry, so the pipeline is the limit).
+FLAT_OUT_RATE = 30_000.0
+#: The simulator starts at most this far back (the cloud rejects readings older than 7 days).
+MAX_BACKFILL_S = 6 * 86_400.0
 
 HOP_METRICS = {
     "sim_published": ("sim", "gridtokenx_sim_readings_acked_total"),
@@ -42,17 +46,9 @@ class Sample:
 
 
 @dataclass
-class ProcUsage:
-    cpu_start: float = 0.0
-    cpu_end: float = 0.0
-    rss_max: int = 0
-
-
-@dataclass
 class Run:
     stack: Stack
     samples: list[Sample] = field(default_factory=list)
-    usage: dict[str, ProcUsage] = field(default_factory=dict)
 
     def counts(self) -> dict[str, float]:
         metrics = {name: proc.metrics() for name, proc in self.stack.procs.items()}
@@ -68,28 +64,45 @@ class Run:
     def sample(self) -> Sample:
         s = Sample(time.monotonic(), self.counts())
         self.samples.append(s)
-        for name, proc in self.stack.procs.items():
-            self._usage(name, proc)
         return s
 
-    def _usage(self, name: str, proc: Proc) -> None:
-        if proc.pid is None or not proc.running:
-            return
-        try:
-            p = psutil.Process(proc.pid)
-            procs = [p, *p.children(recursive=True)]
-            cpu = sum(sum(x.cpu_times()[:2]) for x in procs)
-            rss = sum(x.memory_info().rss for x in procs)
-        except psutil.Error:
-            return
-        u = self.usage.setdefault(name, ProcUsage(cpu_start=cpu))
-        u.cpu_end = cpu
-        u.rss_max = max(u.rss_max, rss)
+    def process_groups(self) -> dict[str, list[psutil.Process]]:
+        """Every process that does the pipeline's work, by role: ours, the brokers, PostgreSQL."""
+        groups: dict[str, list[psutil.Process]] = {}
+        pids = {name: proc.pid for name, proc in self.stack.procs.items() if proc.running}
+        if self.stack.edge_broker is not None:
+            pids["mosquitto-edge"] = self.stack.edge_broker.pid
+        if self.stack.cloud_broker is not None:
+            pids["mosquitto-cloud"] = self.stack.cloud_broker.pid
+        for name, pid in pids.items():
+            if pid is None:
+                continue
+            try:
+                p = psutil.Process(pid)
+                groups[name] = [p, *p.children(recursive=True)]
+            except psutil.Error:
+                continue
+        groups["postgres"] = [p for p in psutil.process_iter(["name"]) if p.info["name"] in ("postgres", "postmaster")]
+        return groups
+
+    def usage(self) -> dict[str, tuple[float, int]]:
+        """CPU seconds (user + system) and RSS bytes per role, now."""
+        out: dict[str, tuple[float, int]] = {}
+        for name, procs in self.process_groups().items():
+            cpu = rss = 0
+            for p in procs:
+                try:
+                    t = p.cpu_times()
+                    cpu += t.user + t.system
+                    rss += p.memory_info().rss
+                except psutil.Error:
+                    continue
+            out[name] = (cpu, rss)
+        return out
 
 
 def sustained(samples: list[Sample], hop: str, until: float) -> float:
-    """Readings/s over the busy part of the run: from the first to the last sample where the hop moved,
-    ignoring the first 10 % (start-up) and anything after `until`."""
+    """Readings/s over the publish phase, ignoring its first 10 % (start-up)."""
     moving = [s for s in samples if s.t <= until]
     if len(moving) < 3:
         return 0.0
@@ -118,59 +131,80 @@ def run_bench(*, meters: int, duration: float, rate: float, consumers: int, work
         probe_keys = sorted(stack.keys_dir.glob("*.key"))[-PROBE_METERS:]
         assert stack.edge_broker is not None
         probe = Probe(probe_keys, "127.0.0.1", stack.edge_broker.port)
-        sim_flags = ["--meters", str(meters), "--duration", str(duration), "--interval", str(interval)]
-        if rate > 0:
-            sim_flags += ["--rate", str(rate)]
-        else:
-            sim_flags += ["--rate", "1000000"]
-        return asyncio.run(_drive(run, probe, sim_flags, duration, drain_timeout, console))
+        # Load mode: the simulator's clock starts `backfill` simulated seconds back and runs at
+        # rate × interval / meters; it never passes real time, so backfill bounds the readings sent.
+        offered = rate if rate > 0 else FLAT_OUT_RATE
+        backfill = min(offered * duration * interval / meters, MAX_BACKFILL_S)
+        sim_flags = ["--meters", str(meters), "--duration", str(duration), "--interval", str(interval),
+                     "--rate", str(offered), "--backfill", str(backfill), "--drain-timeout", str(drain_timeout)]
+        result = asyncio.run(_drive(run, probe, sim_flags, drain_timeout, console))
+        result |= {"meters": meters, "duration_s": duration, "offered_rate": rate or "flat out",
+                   "consumers": consumers}
+        return result
 
 
-async def _drive(run: Run, probe: Probe, sim_flags: list[str], duration: float, drain_timeout: float,
+async def _drive(run: Run, probe: Probe, sim_flags: list[str], drain_timeout: float,
                  console: Console) -> dict[str, Any]:
     stack = run.stack
     stop_probe = asyncio.Event()
     probe_task = asyncio.create_task(probe.run(stop_probe))
+    cpu_start = run.usage()
     sim = stack.start_sim(*sim_flags)
     t0 = time.monotonic()
     run.sample()
+    peak_rss: dict[str, int] = {}
     while sim.running:
         await asyncio.sleep(1.0)
         s = run.sample()
+        for name, (_, rss) in run.usage().items():
+            peak_rss[name] = max(peak_rss.get(name, 0), rss)
         console.print(f"[{s.t - t0:5.0f}s] " + "  ".join(f"{k} {v:,.0f}" for k, v in s.counts.items()),
                       highlight=False)
         for name, proc in stack.procs.items():
             if name != "sim" and not proc.running:
                 raise StackError(f"{name} exited during the benchmark:\n{proc.log_tail()}")
     publish_end = time.monotonic()
+    cpu_end = run.usage()
     stop_probe.set()
     await probe_task
     deadline = publish_end + drain_timeout
     while time.monotonic() < deadline:
         await asyncio.sleep(1.0)
         s = run.sample()
-        if s.counts["edge_depth"] == 0 and s.counts["unminted"] == 0 and s.counts["minted"] >= s.counts[
-                "cloud_accepted"] > 0:
+        if s.counts["edge_depth"] == 0 and s.counts["unminted"] == 0 and s.counts["cloud_accepted"] > 0:
             break
     drained = time.monotonic()
     latencies = await probe.latencies(stack.database_url)
     sim_report = stack.sim_report()
-    wall = {name: (drained - t0) for name in run.usage}
     last = run.samples[-1].counts
+    phase = publish_end - t0
+    accepted_in_phase = max(1.0, _at(run.samples, "cloud_accepted", publish_end) - run.samples[0].counts[
+        "cloud_accepted"])
+    processes = {}
+    for name in sorted(cpu_end):
+        cpu = cpu_end[name][0] - cpu_start.get(name, (0.0, 0))[0]
+        if name == "sim":
+            cpu = cpu_end[name][0]  # started inside the window
+        processes[name] = {"cpu_cores": round(cpu / phase, 2),
+                           "cpu_us_per_reading": round(cpu / accepted_in_phase * 1e6, 1),
+                           "rss_mb_peak": round(peak_rss.get(name, cpu_end[name][1]) / 2**20, 1)}
     return {
-        "meters": int(sim_flags[1]),
-        "duration_s": duration,
-        "publish_phase_s": round(publish_end - t0, 1),
+        "publish_phase_s": round(phase, 1),
         "drain_s": round(drained - publish_end, 1),
         "drained": last["edge_depth"] == 0 and last["unminted"] == 0,
-        "sustained_per_s": {hop: round(sustained(run.samples, hop, publish_end + 5)) for hop in HOP_METRICS},
+        "sustained_per_s": {hop: round(sustained(run.samples, hop, publish_end)) for hop in HOP_METRICS},
         "totals": {k: int(v) for k, v in last.items()},
         "latency_s": {k: percentiles(v) for k, v in latencies.items() if k != "probes_sent"},
-        "processes": {name: {"cpu_cores": round((u.cpu_end - u.cpu_start) / wall[name], 2),
-                             "rss_mb": round(u.rss_max / 2**20, 1)} for name, u in sorted(run.usage.items())},
+        "processes": processes,
+        "cpu_us_per_reading_total": round(sum(p["cpu_us_per_reading"] for p in processes.values()), 1),
         "simulator": {k: sim_report.get(k) for k in ("published", "acked", "rate", "latency_ms", "errors")},
         "machine": machine(),
     }
+
+
+def _at(samples: list[Sample], hop: str, t: float) -> float:
+    before = [s for s in samples if s.t <= t]
+    return before[-1].counts[hop] if before else 0.0
 
 
 def machine() -> dict[str, Any]:
