@@ -254,7 +254,8 @@ async def release(pool: asyncpg.Pool, batch_id: int, signature: str | None, *, s
             " RETURNING reading_ids", batch_id, signature, status, error[:2000])
         if row is None:
             return None
-        await conn.execute("UPDATE meter_readings SET mint_batch_id = NULL WHERE mint_batch_id = $1", batch_id)
+        await conn.execute("UPDATE meter_readings SET mint_batch_id = NULL WHERE id = ANY($2) AND mint_batch_id = $1",
+                           batch_id, row["reading_ids"])
         await conn.execute("UPDATE meter_mint_ledger SET open_batch_id = NULL, updated_at = now()"
                            " WHERE open_batch_id = $1", batch_id)
         previous = {r["reading_id"]: r["attempts"] for r in await conn.fetch(

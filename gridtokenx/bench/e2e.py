@@ -153,10 +153,13 @@ async def _drive(run: Run, probe: Probe, sim_flags: list[str], drain_timeout: fl
     t0 = time.monotonic()
     run.sample()
     peak_rss: dict[str, int] = {}
+    last_usage: dict[str, tuple[float, int]] = {}
     while sim.running:
         await asyncio.sleep(1.0)
         s = run.sample()
-        for name, (_, rss) in run.usage().items():
+        now_usage = run.usage()
+        last_usage |= now_usage  # a process that just exited (the simulator) keeps its last reading
+        for name, (_, rss) in now_usage.items():
             peak_rss[name] = max(peak_rss.get(name, 0), rss)
         console.print(f"[{s.t - t0:5.0f}s] " + "  ".join(f"{k} {v:,.0f}" for k, v in s.counts.items()),
                       highlight=False)
@@ -164,7 +167,7 @@ async def _drive(run: Run, probe: Probe, sim_flags: list[str], drain_timeout: fl
             if name != "sim" and not proc.running:
                 raise StackError(f"{name} exited during the benchmark:\n{proc.log_tail()}")
     publish_end = time.monotonic()
-    cpu_end = run.usage()
+    cpu_end = last_usage | run.usage()
     stop_probe.set()
     await probe_task
     deadline = publish_end + drain_timeout
