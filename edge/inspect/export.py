@@ -12,6 +12,7 @@ import msgspec
 
 from edge.inspect import queries
 from edge.inspect.filters import Filter
+from edge.inspect.models import Row
 from protocol import ProtocolError, parse_payload
 
 Format = Literal["csv", "jsonl"]
@@ -21,20 +22,9 @@ COLUMNS = ("source", "id", "meter_id", "seq", "size", "received_at", "reason", "
 DECODED = ("format", "start", "end", "export_wh", "export_register_wh", "import_wh", "import_register_wh", "flags")
 
 
-class ExportRow(msgspec.Struct, frozen=True, omit_defaults=True):
-    source: str
-    id: int
-    meter_id: str | None
-    seq: int | None
-    size: int
-    received_at: float
-    reason: str | None = None
-    detail: str | None = None
-    batch_id: str | None = None
-    attempts: int = 0
-    reading_end: int | None = None
-    dropped_at: float | None = None
-    topic: str | None = None
+class ExportRow(Row, frozen=True, omit_defaults=True):
+    """A `list` row plus the payload and its decoded reading: one JSONL line."""
+
     payload: str | None = None
     """base64 of the meter's exact bytes (absent for drop records, which keep none)."""
     reading: dict[str, object] | None = None
