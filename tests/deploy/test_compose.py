@@ -15,7 +15,6 @@ import importlib
 import json
 import re
 import shlex
-import typing
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ import yaml
 from click.testing import CliRunner
 
 from gridtokenx.cli import root
-from gridtokenx.config import BrokerURL, env_names, load
+from gridtokenx.config import env_names, load
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
@@ -158,17 +157,8 @@ def settings_classes(module: ModuleType) -> list[type[Any]]:
 
 
 def load_from_env(cls: type[Any], env: dict[str, str]) -> Any:
-    """gridtokenx.config.load, the way the CLIs call it. A BrokerURL field is parsed by the caller
-    and given as an override (config's env coercion treats a dataclass-typed field as a YAML
-    section; cloud/ingest_cli.py works around it the same way)."""
-    env = dict(env)
-    hints = typing.get_type_hints(cls)
-    overrides: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        var = f.metadata.get("env")
-        if hints[f.name] is BrokerURL and var in env:
-            overrides[f.name] = BrokerURL.parse(env.pop(var))
-    return load(cls, None, overrides=overrides, env=env)
+    """gridtokenx.config.load, the way the CLIs call it (YAML < environment < flags; no file here)."""
+    return load(cls, None, env=dict(env))
 
 
 def every_loader_var() -> set[str]:
