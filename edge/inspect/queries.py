@@ -65,24 +65,28 @@ def stats(conn: sqlite3.Connection, *, now: float, window_seconds: int = 300) ->
 
 def _stats(conn: sqlite3.Connection, *, now: float, window_seconds: int) -> Stats:
     path = db_path(conn)
-    # Rows per state come from the (state, id) covering index. Bytes need `size`: one sequential pass
-    # over the table for the total (3x faster than visiting rows in index order), index seeks for the
-    # usually small inflight/rejected sets, and pending is the difference. A covering index on
-    # (state, size), if the schema gains one, is picked up by the planner for all three.
-    counts = dict(conn.execute("SELECT state, count(*) FROM readings GROUP BY state").fetchall())
-    total_bytes = float(_scalar(conn, "SELECT total(size) FROM readings"))  # type: ignore[arg-type]
-    # Rejected rows per meter and their bytes in one pass over the rejected slice of the index.
-    rejected = {meter: (int(n), float(b)) for meter, n, b in conn.execute(
-        "SELECT meter_id, count(*), total(size) FROM readings WHERE state = 'rejected' GROUP BY meter_id")}
-    sizes = {"inflight": float(_scalar(conn, "SELECT total(size) FROM readings WHERE state = 'inflight'")),  # type: ignore[arg-type]
-             "rejected": sum(b for _, b in rejected.values())}
-    sizes["pending"] = total_bytes - sizes["inflight"] - sizes["rejected"]
-    totals = [StateTotal(state=s, rows=int(counts.get(s, 0)), bytes=int(sizes.get(s, 0))) for s in READING_STATES]
+    # One pass over the covering index readings_meter_state (meter_id, state, size, seq, received_at)
+    # yields every total: rows and bytes per state, per-meter counts, rejected rows per meter, newest
+    # seq and last seen. One sequential index read keeps `stats` under 1 s on 1M rows even with a
+    # cold page cache (three separate index scans took ~1.6 s cold).
+    groups = conn.execute("SELECT meter_id, state, count(*), total(size), max(seq), max(received_at)"
+                          " FROM readings GROUP BY meter_id, state").fetchall()
+    rows_by_state: dict[str, int] = {}
+    bytes_by_state: dict[str, float] = {}
+    per_meter: dict[str, tuple[int, int, int, float]] = {}  # meter -> rows, rejected, max seq, last seen
+    for meter, state, n, size, max_seq, seen in groups:
+        rows_by_state[state] = rows_by_state.get(state, 0) + n
+        bytes_by_state[state] = bytes_by_state.get(state, 0.0) + size
+        rows, rej, top, last = per_meter.get(meter, (0, 0, max_seq, seen))
+        per_meter[meter] = (rows + n, rej + (n if state == "rejected" else 0), max(top, max_seq), max(last, seen))
+    totals = [StateTotal(state=s, rows=int(rows_by_state.get(s, 0)), bytes=int(bytes_by_state.get(s, 0)))
+              for s in READING_STATES]
+    meters = [MeterSummary(meter_id=meter, buffered=n, rejected=rej, max_seq=max_seq, last_seen=float(seen))
+              for meter, (n, rej, max_seq, seen) in sorted(per_meter.items())]
 
     oldest_id = _scalar(conn, "SELECT min(id) FROM readings WHERE state = 'pending'")
     oldest_at = _scalar(conn, "SELECT received_at FROM readings WHERE id = ?", (oldest_id,)) if oldest_id else None
 
-    meters = _meters(conn, {meter: n for meter, (n, _) in rejected.items()})
     quarantine = [ReasonCount(reason=r, rows=n, last_at=t) for r, n, t in conn.execute(
         "SELECT reason, count(*), max(received_at) FROM quarantine GROUP BY reason ORDER BY count(*) DESC")]
     drops = [ReasonCount(reason=r, rows=n, last_at=t) for r, n, t in conn.execute(
@@ -117,17 +121,6 @@ def _stats(conn: sqlite3.Connection, *, now: float, window_seconds: int) -> Stat
         counters=counters,
         meta=meta,
     )
-
-
-def _meters(conn: sqlite3.Connection, rejected: dict[str, int]) -> list[MeterSummary]:
-    # One pass over the (meter_id, seq) covering index, then one seek per meter for its newest row.
-    per_meter = conn.execute("SELECT meter_id, count(*), max(seq) FROM readings GROUP BY meter_id").fetchall()
-    out = []
-    for meter, n, max_seq in per_meter:
-        seen = _scalar(conn, "SELECT received_at FROM readings WHERE meter_id = ? AND seq = ?", (meter, max_seq))
-        out.append(MeterSummary(meter_id=meter, buffered=n, rejected=int(rejected.get(meter, 0)), max_seq=max_seq,
-                                last_seen=float(seen)))  # type: ignore[arg-type]
-    return out
 
 
 def _select(source: Source, flt: Filter, *, after_id: int, limit: int,
