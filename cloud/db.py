@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -83,3 +85,32 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 4) -> asyn
     pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
     assert pool is not None
     return pool
+
+
+def dsn_with_database(dsn: str, database: str) -> str:
+    """The same server and credentials as `dsn`, another database."""
+    parts = urlsplit(dsn)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
+
+
+async def create_scratch_database(admin_dsn: str, prefix: str) -> tuple[str, str]:
+    """Create an empty database named `prefix` + random suffix; returns (name, its DSN).
+
+    Tests, benchmarks and the demo each get their own database and drop it afterwards
+    (`drop_database`), so they never touch an operator's data.
+    """
+    name = f"{prefix}{uuid.uuid4().hex[:10]}"
+    conn = await asyncpg.connect(admin_dsn, timeout=10)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return name, dsn_with_database(admin_dsn, name)
+
+
+async def drop_database(admin_dsn: str, name: str) -> None:
+    conn = await asyncpg.connect(admin_dsn, timeout=10)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()

@@ -22,11 +22,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from cloud.db import create_scratch_database, drop_database
 from gridtokenx.brokers import Mosquitto, free_port
+from protocol.keys import decode_key
 
 GATEWAY_ID = "gw-1"
 DEFAULT_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -34,11 +35,6 @@ DEFAULT_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 class StackError(RuntimeError):
     pass
-
-
-def _dsn_with_db(dsn: str, database: str) -> str:
-    parts = urlsplit(dsn)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
 
 
 def gridtokenx_cmd(*args: str) -> list[str]:
@@ -148,14 +144,12 @@ class Stack:
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "logs").mkdir(exist_ok=True)
         self.keys_dir = self.workdir / "keys"
-        self.database = f"gridtokenx_{uuid.uuid4().hex[:10]}"
-        self.database_url = _dsn_with_db(options.admin_dsn, self.database)
+        self.database = ""  # created by setup()
+        self.database_url = ""
         self.procs: dict[str, Proc] = {}
         self.edge_broker: Mosquitto | None = None
         self.cloud_broker: Mosquitto | None = None
-        self._db_created = False
         self.base_env = {k: v for k, v in os.environ.items() if not k.startswith(("TOKENIZATION_", "GRIDTOKENX_"))}
-        self.base_env["DATABASE_URL"] = self.database_url
         self.base_env["PYTHONUNBUFFERED"] = "1"
         self.secrets = {"edge-agent": secrets.token_urlsafe(12), "edge-inspector": secrets.token_urlsafe(12),
                         "cloud-consumer": secrets.token_urlsafe(12), GATEWAY_ID: secrets.token_urlsafe(12)}
@@ -171,7 +165,7 @@ class Stack:
 
     def setup(self) -> None:
         asyncio.run(self._create_database())
-        self._db_created = True
+        self.base_env["DATABASE_URL"] = self.database_url
         if not (self.keys_dir / "meters.csv").exists():
             self.run_cli("sim", "keygen", "--meters", str(self.options.meters), "--out", str(self.keys_dir))
         meter_users = self.meter_credentials()
@@ -189,8 +183,8 @@ class Stack:
     def meter_credentials(self) -> dict[str, str]:
         users: dict[str, str] = {}
         for path in sorted(self.keys_dir.glob("*.key")):
-            doc = json.loads(path.read_text())
-            users[doc["meter_id"]] = doc["mqtt_password"]
+            key = decode_key(path.read_bytes())
+            users[key.meter_id] = key.mqtt_password
         if not users:
             raise StackError(f"no meter key files in {self.keys_dir}")
         return users
@@ -199,23 +193,10 @@ class Stack:
         import asyncpg
 
         try:
-            conn = await asyncpg.connect(self.options.admin_dsn, timeout=10)
+            self.database, self.database_url = await create_scratch_database(self.options.admin_dsn, "gridtokenx_")
         except (OSError, asyncpg.PostgresError) as exc:
             raise StackError(f"PostgreSQL is not reachable at {self.options.admin_dsn} ({exc}); start it or set "
                              "DATABASE_URL (./scripts/setup does both)") from exc
-        try:
-            await conn.execute(f'CREATE DATABASE "{self.database}"')
-        finally:
-            await conn.close()
-
-    async def _drop_database(self) -> None:
-        import asyncpg
-
-        conn = await asyncpg.connect(self.options.admin_dsn, timeout=10)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
-        finally:
-            await conn.close()
 
     # -- components ---------------------------------------------------------------------------------------
     def _proc(self, name: str, argv: list[str], env: Mapping[str, str], metrics_port: int | None) -> Proc:
@@ -223,14 +204,6 @@ class Stack:
         self.procs[name] = proc
         proc.start()
         return proc
-
-    def cloud_url(self, user: str) -> str:
-        assert self.cloud_broker is not None
-        return f"mqtt://{user}:{self.cloud_broker.users[user]}@127.0.0.1:{self.cloud_broker.port}"
-
-    def edge_url(self, user: str) -> str:
-        assert self.edge_broker is not None
-        return f"mqtt://{user}:{self.edge_broker.users[user]}@127.0.0.1:{self.edge_broker.port}"
 
     def start_localnet(self) -> Proc:
         port = free_port()
@@ -242,8 +215,9 @@ class Stack:
         return proc
 
     def cloud_env(self) -> dict[str, str]:
+        assert self.cloud_broker is not None
         env = {
-            "GRIDTOKENX_CLOUD_BROKER_URL": self.cloud_url("cloud-consumer"),
+            "GRIDTOKENX_CLOUD_BROKER_URL": self.cloud_broker.url_for("cloud-consumer"),
             "GRIDTOKENX_CHAIN_STATE_DIR": str(self.workdir / "chain"),
             "TOKENIZATION_POLLING_INTERVAL_SECS": "1",
             "LOG_FORMAT": "plain",
@@ -263,8 +237,9 @@ class Stack:
 
     def start_edge(self, name: str = "edge") -> Proc:
         port = free_port()
-        argv = gridtokenx_cmd("edge", "run", "--edge-broker-url", self.edge_url("edge-agent"),
-                              "--cloud-broker-url", self.cloud_url(GATEWAY_ID), "--gateway-id", GATEWAY_ID,
+        assert self.edge_broker is not None and self.cloud_broker is not None
+        argv = gridtokenx_cmd("edge", "run", "--edge-broker-url", self.edge_broker.url_for("edge-agent"),
+                              "--cloud-broker-url", self.cloud_broker.url_for(GATEWAY_ID), "--gateway-id", GATEWAY_ID,
                               "--buffer", str(self.workdir / "edge-buffer.sqlite"), "--metrics-port", str(port),
                               *self.options.edge_flags)
         proc = self._proc(name, argv, {}, port)
@@ -290,9 +265,9 @@ class Stack:
         for broker in (self.edge_broker, self.cloud_broker):
             if broker is not None:
                 broker.stop()
-        if self._db_created and not self.options.keep_database:
+        if self.database and not self.options.keep_database:
             with contextlib.suppress(Exception):
-                asyncio.run(self._drop_database())
+                asyncio.run(drop_database(self.options.admin_dsn, self.database))
 
     def __enter__(self) -> Stack:
         return self

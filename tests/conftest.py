@@ -9,13 +9,12 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from cloud.db import create_scratch_database, drop_database
 from gridtokenx.brokers import Mosquitto, Role
 
 ADMIN_DSN = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -23,11 +22,6 @@ ADMIN_DSN = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432
 #: Fixed service users; per-test meters/gateways are added with `Mosquitto.add_users`.
 EDGE_USERS = ("edge-agent", "edge-inspector")
 CLOUD_USERS = ("cloud-consumer",)
-
-
-def _dsn_with_db(dsn: str, database: str) -> str:
-    parts = urlsplit(dsn)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
 
 
 BrokerFactory = Callable[..., Mosquitto]
@@ -67,20 +61,11 @@ def database_url() -> Iterator[str]:
     """A fresh, empty PostgreSQL database for this test (created and dropped here)."""
     import asyncpg
 
-    name = f"gtx_test_{uuid.uuid4().hex[:12]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(ADMIN_DSN)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
     try:
-        asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+        name, dsn = asyncio.run(create_scratch_database(ADMIN_DSN, "gtx_test_"))
     except (OSError, asyncpg.PostgresError) as exc:
         pytest.fail(f"PostgreSQL at {ADMIN_DSN} is not usable ({exc}); run ./scripts/test to set it up")
     try:
-        yield _dsn_with_db(ADMIN_DSN, name)
+        yield dsn
     finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(drop_database(ADMIN_DSN, name))

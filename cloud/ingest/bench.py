@@ -22,7 +22,6 @@ import urllib.request
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import aiomqtt
 import asyncpg
@@ -54,11 +53,6 @@ class Round:
     seconds: float
     readings_per_second: float
     stored: int
-
-
-def _dsn_with_db(dsn: str, database: str) -> str:
-    parts = urlsplit(dsn)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
 
 
 def _fleet(meters: int, readings: int, batch_size: int) -> tuple[list[MeterRow], list[bytes]]:
@@ -186,18 +180,8 @@ async def _stages(dsn: str, batches: list[bytes], readings: int) -> dict[str, fl
 def run_bench(*, admin_dsn: str, meters: int, readings: int, batch_size: int, rounds: tuple[int, ...],
               timeout: float, profile_dir: Path | None = None,
               stages: dict[str, float] | None = None) -> list[Round]:
-    name = f"gtx_bench_{uuid.uuid4().hex[:10]}"
-    dsn = _dsn_with_db(admin_dsn, name)
     rows, batches = _fleet(meters, readings, batch_size)
-
-    async def admin_sql(sql: str) -> None:
-        conn = await asyncpg.connect(admin_dsn)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin_sql(f'CREATE DATABASE "{name}"'))
+    name, dsn = asyncio.run(db.create_scratch_database(admin_dsn, "gtx_bench_"))
     results: list[Round] = []
     try:
         asyncio.run(_prepare(dsn, rows))
@@ -229,7 +213,7 @@ def run_bench(*, admin_dsn: str, meters: int, readings: int, batch_size: int, ro
         if stages is not None:
             stages.update(asyncio.run(_stages(dsn, batches, readings)))
     finally:
-        asyncio.run(admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(db.drop_database(admin_dsn, name))
     return results
 
 

@@ -15,16 +15,14 @@ import dataclasses
 import json
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import click
 from solders.keypair import Keypair
 
-from cloud.db import migrate
+from cloud.db import create_scratch_database, drop_database, migrate
 from cloud.settings import ChainSettings, CloudSettings, TokenizationSettings
 
 _INSERT = (
@@ -51,19 +49,11 @@ class _Fleet:
         return ms, ss, ws, es
 
 
-def _dsn(base: str, name: str) -> str:
-    p = urlsplit(base)
-    return urlunsplit((p.scheme, p.netloc, f"/{name}", p.query, p.fragment))
-
-
 async def _bench(admin_dsn: str, meters: int, wallets: int, backlog: int, rate: int, duration: float,
                  polling: float, batch_size: int) -> dict[str, Any]:
     from cloud.minter.service import run_minter
 
-    name = f"gtx_bench_mint_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(admin_dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = _dsn(admin_dsn, name)
+    name, dsn = await create_scratch_database(admin_dsn, "gtx_bench_mint_")
     try:
         await migrate(dsn)
         keys = [str(Keypair().pubkey()) for _ in range(wallets)]
@@ -115,8 +105,7 @@ async def _bench(admin_dsn: str, meters: int, wallets: int, backlog: int, rate: 
         finally:
             await conn.close()
     finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        await drop_database(admin_dsn, name)
 
 
 def _r(value: Any) -> float | None:

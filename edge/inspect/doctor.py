@@ -12,7 +12,6 @@ import sqlite3
 import statistics
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -20,6 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.inspect import db
+from edge.inspect.filters import FilterError, parse_instant
 from edge.inspect.models import Check
 from gridtokenx.config import BrokerURL, ConfigError
 
@@ -273,13 +273,7 @@ def _broker_clock(cfg: DoctorConfig) -> Check:
 
 
 def _parse_clock(value: bytes) -> float | None:
-    text = value.decode(errors="replace").strip()
     try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
+        return parse_instant(value.decode(errors="replace"))
+    except FilterError:
         return None
-    return when.timestamp() if when.tzinfo else None

@@ -24,6 +24,12 @@ def parse_when(text: str, *, now: float | None = None) -> float:
     match = _DURATION.match(text)
     if match:
         return now - float(match.group(1)) * _UNIT[match.group(2)]
+    return parse_instant(text)
+
+
+def parse_instant(text: str) -> float:
+    """An RFC 3339 time with a zone, or UTC seconds → UTC seconds; FilterError otherwise."""
+    text = text.strip()
     try:
         return float(text)
     except ValueError:

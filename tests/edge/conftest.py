@@ -18,6 +18,7 @@ import pytest
 from edge.standin import StandinCloud
 from gridtokenx.brokers import Mosquitto, free_port
 from gridtokenx.config import BrokerURL
+from gridtokenx.stack import parse_metrics
 from tests.conftest import BrokerFactory
 from tests.helpers import wait_for
 
@@ -83,13 +84,7 @@ class Agent:
 
     def metrics(self) -> dict[str, float]:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
-            text = r.read().decode()
-        out: dict[str, float] = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                out[name] = float(value)
-        return out
+            return parse_metrics(r.read().decode())
 
     def kill9(self) -> None:
         assert self.proc is not None
