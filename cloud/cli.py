@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from gridtokenx._registry import attach
+from cloud import ingest_cli, mint_cli
 
 
 @click.group(help="Cloud: migrations, meter registry, ingest consumer, minter, reconciliation and status.")
@@ -16,4 +16,5 @@ def cloud() -> None:
     pass
 
 
-attach(cloud, ("cloud.ingest_cli", "cloud.mint_cli"))
+for command in (*ingest_cli.COMMANDS, *mint_cli.COMMANDS):
+    cloud.add_command(command)

@@ -17,13 +17,14 @@ import click
 from prometheus_client import REGISTRY
 
 from cloud import db
-from cloud.ingest import admin, meters_csv
+from cloud.ingest import admin
 from cloud.ingest.consumer import IngestConsumer
 from cloud.ingest.metrics import IngestMetrics
 from cloud.settings import CloudSettings
-from gridtokenx import logs
-from gridtokenx.config import ConfigError, load
-from gridtokenx.observability import ObservabilityServer
+from protocol import meters_csv
+from runtime import logs
+from runtime.config import ConfigError, load
+from runtime.observability import ObservabilityServer
 
 T = TypeVar("T")
 log = logging.getLogger("cloud.ingest")

@@ -14,7 +14,7 @@ import click
 
 from cloud.chain.base import ChainError
 from cloud.settings import CloudSettings
-from gridtokenx.config import ConfigError, load
+from runtime.config import ConfigError, load
 
 T = TypeVar("T")
 

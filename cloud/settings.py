@@ -11,8 +11,8 @@ from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
 
-from gridtokenx.config import BrokerURL
 from protocol.units import parse_ratio
+from runtime.config import BrokerURL
 
 
 @dataclass(frozen=True, slots=True)

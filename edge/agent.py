@@ -22,7 +22,7 @@ from edge.receiver import Receiver
 from edge.screening import load_keys
 from edge.settings import EdgeSettings
 from edge.writer import Writer
-from gridtokenx.observability import ObservabilityServer
+from runtime.observability import ObservabilityServer
 
 log = logging.getLogger("edge.agent")
 

@@ -10,8 +10,8 @@ from typing import Any
 import click
 
 from edge.settings import POLICIES, EdgeSettings
-from gridtokenx import logs
-from gridtokenx.config import ConfigError, load
+from runtime import logs
+from runtime.config import ConfigError, load
 
 
 @click.command("run", help=(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from gridtokenx._registry import attach
+from edge import agent_cli
+from edge.inspect import cli as inspect_cli
 
 
 @click.group(help="Edge agent: durable SQLite store-and-forward from the meter broker to the cloud broker, "
@@ -13,4 +14,5 @@ def edge() -> None:
     pass
 
 
-attach(edge, ("edge.agent_cli", "edge.inspect.cli"))
+for command in (*agent_cli.COMMANDS, *inspect_cli.COMMANDS):
+    edge.add_command(command)

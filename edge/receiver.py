@@ -20,8 +20,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from gridtokenx.config import BrokerURL
 from protocol.topics import METER_READINGS_FILTER
+from runtime.config import BrokerURL
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from gridtokenx.config import BrokerURL, ConfigError
+from runtime.config import BrokerURL, ConfigError
 
 Policy = Literal["drop_oldest", "reject_new"]
 POLICIES: tuple[str, ...] = ("drop_oldest", "reject_new")
@@ -22,7 +22,7 @@ MAX_BATCH_SIZE = 1000
 
 @dataclass(frozen=True, slots=True)
 class EdgeSettings:
-    # URLs are kept as text and parsed by the properties below: gridtokenx.config coerces a
+    # URLs are kept as text and parsed by the properties below: runtime.config coerces a
     # dataclass-typed field from a mapping only, and BrokerURL is a dataclass.
     edge_broker_url: str = field(default="mqtt://edge-agent@127.0.0.1:1883",
                                  metadata={"env": "GRIDTOKENX_EDGE_BROKER_URL"})

@@ -23,10 +23,10 @@ from pathlib import Path
 import click
 import msgspec
 
-from gridtokenx.brokers import BrokerError, generate_client_cert, generate_dev_certs, write_password_file
-from gridtokenx.config import ConfigError, load
+from gridtokenx.harness.brokers import BrokerError, generate_client_cert, generate_dev_certs, write_password_file
 from protocol.keys import MeterKey, decode_key
 from protocol.reading import METER_ID_RE
+from runtime.config import ConfigError, load
 
 EDGE_AGENT = "edge-agent"
 EDGE_INSPECTOR = "edge-inspector"

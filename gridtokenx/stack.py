@@ -26,7 +26,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from cloud.db import create_scratch_database, drop_database
-from gridtokenx.brokers import Mosquitto, free_port
+from gridtokenx.harness.brokers import Mosquitto, free_port
 from protocol.keys import decode_key
 
 GATEWAY_ID = "gw-1"

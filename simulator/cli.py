@@ -15,8 +15,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from gridtokenx import logs
-from gridtokenx.config import ConfigError
+from runtime import logs
+from runtime.config import ConfigError
 from simulator import settings as sim_settings
 from simulator.faults import Fault, expected_reason
 from simulator.fleet import Fleet, run_fleet

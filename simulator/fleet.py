@@ -19,9 +19,9 @@ import os
 import time
 from collections.abc import Callable
 
-from gridtokenx.config import ConfigError
-from gridtokenx.observability import ObservabilityServer
 from protocol.keys import MeterKey
+from runtime.config import ConfigError
+from runtime.observability import ObservabilityServer
 from simulator.keystore import load_keys
 from simulator.link import Link
 from simulator.meter import Meter, Outgoing, initial_state
@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 BURST = 8
 
 Progress = Callable[[Stats, "Fleet"], None]
+#: Wall time in UTC seconds; injectable so tests pin the date, the hour and the weather.
+Clock = Callable[[], float]
 
 
 def select_keys(settings: SimSettings) -> list[MeterKey]:
@@ -56,8 +58,10 @@ def select_keys(settings: SimSettings) -> list[MeterKey]:
 
 
 class Fleet:
-    def __init__(self, settings: SimSettings, keys: list[MeterKey], store: StateStore) -> None:
+    def __init__(self, settings: SimSettings, keys: list[MeterKey], store: StateStore, *,
+                 clock: Clock = time.time) -> None:
         self.settings = settings
+        self.clock = clock
         self.store = store
         interval = settings.interval
         self.speed = (settings.run.rate * interval / len(keys)) if settings.run.rate else settings.run.speed
@@ -69,7 +73,7 @@ class Fleet:
             log.warning("starting fresh meters %.1f days back, not %.1f: the cloud rejects readings older "
                         "than 7 days", MAX_BACKFILL_SECONDS / 86_400, backfill / 86_400)
             backfill = MAX_BACKFILL_SECONDS
-        wall = time.time()
+        wall = self.clock()
         fresh_start = int(wall - backfill) // interval * interval
         saved = store.load_meters()
         self.meters: list[Meter] = []
@@ -144,7 +148,7 @@ class Fleet:
         while not stop.is_set():
             elapsed = time.monotonic() - started
             finished = duration is not None and elapsed >= duration
-            wall = time.time()
+            wall = self.clock()
             target = min(self.sim_start + (min(elapsed, duration) if duration else elapsed) * self.speed, wall)
             self.sim_now = max(self.sim_now, int(target))
             items: list[Outgoing] = []
@@ -211,8 +215,11 @@ class Fleet:
 
 
 async def run_fleet(settings: SimSettings, *, stop: asyncio.Event | None = None,
-                    progress: Progress | None = None) -> FleetReport:
+                    progress: Progress | None = None, clock: Clock = time.time) -> FleetReport:
     """Run a fleet until its duration is over or `stop` is set; drain, persist, report.
+
+    `clock` gives the wall time (UTC seconds) the meters live in: readings are anchored to it, and the
+    weather and sun follow its date. Tests inject a fixed instant so no result depends on today.
 
     Raises ConfigError (a one-sentence fix) for unusable settings or key directories.
     """
@@ -224,7 +231,7 @@ async def run_fleet(settings: SimSettings, *, stop: asyncio.Event | None = None,
     try:
         store.check_meta({"interval": str(settings.interval), "format": settings.meter.format,
                           "seed": str(settings.run.seed)})
-        fleet = Fleet(settings, keys, store)
+        fleet = Fleet(settings, keys, store, clock=clock)
         if settings.run.metrics_port is not None:
             server = ObservabilityServer(host="0.0.0.0", port=settings.run.metrics_port,
                                          health=lambda: {"healthy": True, "connected": sum(

@@ -27,7 +27,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
-from gridtokenx.config import BrokerURL
+from runtime.config import BrokerURL
 from simulator.meter import Outgoing
 from simulator.report import Stats
 

@@ -1,4 +1,4 @@
-"""`sim run` settings: simulator.yaml < environment < command-line flags (gridtokenx.config).
+"""`sim run` settings: simulator.yaml < environment < command-line flags (runtime.config).
 
 The YAML keeps the seed simulator's shape, with the HTTP gateway replaced by the MQTT broker:
 
@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gridtokenx import config
-from gridtokenx.config import BrokerURL, ConfigError
 from protocol.legacy import LEGACY_INTERVAL_SECONDS
+from runtime import config
+from runtime.config import BrokerURL, ConfigError
 from simulator.faults import FaultRates
 
 #: The cloud rejects readings older than 7 days; a fresh fleet never starts further back than this.
@@ -30,7 +30,7 @@ MAX_BACKFILL_SECONDS = 6 * 86_400
 @dataclass(frozen=True, slots=True)
 class BrokerSettings:
     url: str = field(default="mqtt://127.0.0.1:1883", metadata={"env": "GRIDTOKENX_SIM_BROKER_URL"})
-    """Kept as text: gridtokenx.config reads a dataclass-typed field as a YAML section."""
+    """Kept as text: runtime.config reads a dataclass-typed field as a YAML section."""
     connections: int = 0
     """0: one connection per meter with its own client id and credentials (what real meters do).
     K > 0: multiplex the meters over K connections of the fleet user (dev and load tests only)."""

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from cloud.db import create_scratch_database, drop_database
-from gridtokenx.brokers import Mosquitto, Role
+from gridtokenx.harness.brokers import Mosquitto, Role
 
 ADMIN_DSN = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 

@@ -13,7 +13,7 @@ from typing import Literal
 
 import asyncpg
 
-from cloud.ingest.meters_csv import MeterRow
+from protocol.meters_csv import MeterRow
 
 Status = Literal["active", "suspended", "revoked", "quarantined"]
 

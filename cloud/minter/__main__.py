@@ -13,8 +13,8 @@ from pathlib import Path
 
 from cloud.minter.service import run_minter
 from cloud.settings import CloudSettings
-from gridtokenx import logs
-from gridtokenx.config import load
+from runtime import logs
+from runtime.config import load
 
 
 async def _main(settings: CloudSettings) -> None:

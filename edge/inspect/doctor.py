@@ -21,7 +21,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edge.inspect import db
 from edge.inspect.filters import FilterError, parse_instant
 from edge.inspect.models import Check
-from gridtokenx.config import BrokerURL, ConfigError
+from runtime.config import BrokerURL, ConfigError
 
 #: Free disk below this fraction of the filesystem (or below MIN_FREE_BYTES) fails the disk check.
 MIN_FREE_FRACTION = 0.05

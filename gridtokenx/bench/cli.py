@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from gridtokenx._registry import attach
+from gridtokenx.bench.registry import attach
 
 
 @click.group(help="Benchmarks. Each prints a human summary, or one JSON document with --json. "
@@ -13,5 +13,5 @@ def bench() -> None:
     pass
 
 
-attach(bench, ("gridtokenx.bench.e2e", "gridtokenx.bench.verify", "simulator.bench", "edge.bench",
-               "cloud.ingest.bench", "cloud.minter.bench"))
+attach(bench, ("gridtokenx.bench.e2e", "gridtokenx.bench.verify", "gridtokenx.bench.sim", "gridtokenx.bench.edge",
+               "gridtokenx.bench.ingest", "gridtokenx.bench.mint"))

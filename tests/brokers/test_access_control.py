@@ -12,7 +12,7 @@ from contextlib import ExitStack
 
 import pytest
 
-from gridtokenx.brokers import Mosquitto
+from gridtokenx.harness.brokers import Mosquitto
 from tests.brokers.probe import BAD_CREDENTIALS, NOT_AUTHORIZED, Probe, Received
 
 Connect = Callable[..., Probe]
@@ -107,7 +107,7 @@ def test_gateway_cannot_publish_other_batches_or_any_acks(broker_factory, connec
 
 def test_only_the_consumer_may_write_acks_in_the_acl_file() -> None:
     """The static half of "nobody else writes acks": no pattern, and no user but cloud-consumer."""
-    from gridtokenx.brokers import CONFIG_ROOT
+    from gridtokenx.harness.brokers import CONFIG_ROOT
 
     writers: list[str] = []
     user = "*"  # lines before any `user` line, and `pattern` lines, apply to everyone

@@ -14,7 +14,7 @@ from click.testing import CliRunner, Result
 from nacl.signing import SigningKey
 
 from gridtokenx.broker_cli import broker
-from gridtokenx.brokers import Mosquitto, free_port
+from gridtokenx.harness.brokers import Mosquitto, free_port
 from protocol.keys import MeterKey, encode_key
 from tests.brokers.probe import NOT_AUTHORIZED, Probe, Received
 

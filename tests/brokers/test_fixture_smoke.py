@@ -7,7 +7,7 @@ import asyncio
 import aiomqtt
 import pytest
 
-from gridtokenx.brokers import Mosquitto
+from gridtokenx.harness.brokers import Mosquitto
 
 
 async def _roundtrip(broker: Mosquitto) -> list[bytes]:

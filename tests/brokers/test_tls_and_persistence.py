@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gridtokenx.brokers import free_port, generate_client_cert, generate_dev_certs, render_config
+from gridtokenx.harness.brokers import free_port, generate_client_cert, generate_dev_certs, render_config
 from tests.brokers.probe import CLOSED, NOT_AUTHORIZED, Probe, Received
 
 

@@ -27,7 +27,7 @@ import yaml
 from click.testing import CliRunner
 
 from gridtokenx.cli import root
-from gridtokenx.config import env_names, load
+from runtime.config import env_names, load
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
@@ -157,7 +157,7 @@ def settings_classes(module: ModuleType) -> list[type[Any]]:
 
 
 def load_from_env(cls: type[Any], env: dict[str, str]) -> Any:
-    """gridtokenx.config.load, the way the CLIs call it (YAML < environment < flags; no file here)."""
+    """runtime.config.load, the way the CLIs call it (YAML < environment < flags; no file here)."""
     return load(cls, None, env=dict(env))
 
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from edge.standin import StandinCloud
-from gridtokenx.brokers import Mosquitto, free_port
-from gridtokenx.config import BrokerURL
+from gridtokenx.harness.brokers import Mosquitto, free_port
+from gridtokenx.harness.standin import StandinCloud
 from gridtokenx.stack import parse_metrics
+from runtime.config import BrokerURL
 from tests.conftest import BrokerFactory
 from tests.helpers import wait_for
 

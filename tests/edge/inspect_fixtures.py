@@ -11,7 +11,7 @@ from pathlib import Path
 import base58
 
 from edge.inspect.db import create_buffer
-from edge.standin import Meter, make_meters, reading_payload
+from gridtokenx.harness.standin import Meter, make_meters, reading_payload
 from protocol import Reason
 
 GATEWAY = "gw-known"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from edge.buffer import Buffer, Quota
 from edge.screening import Accepted, screen
-from edge.standin import make_meters, reading_payload
+from gridtokenx.harness.standin import make_meters, reading_payload
 from protocol.envelopes import AckItem
 from protocol.reasons import Reason
 

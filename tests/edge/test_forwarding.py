@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edge.standin import Fleet, interleaved, make_meters
+from gridtokenx.harness.standin import Fleet, interleaved, make_meters
 from tests.edge.conftest import Rig
 from tests.helpers import wait_for
 

@@ -320,7 +320,7 @@ def test_a_reader_never_blocks_the_agents_writes(known: Known) -> None:
 
 
 def test_requeue_leaves_equivocation_evidence_unless_asked(known: Known) -> None:
-    from edge.standin import reading_payload
+    from gridtokenx.harness.standin import reading_payload
 
     evidence = reading_payload(known.meters[2], 8)
     with closing(sqlite3.connect(known.path)) as conn:

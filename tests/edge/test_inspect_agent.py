@@ -15,7 +15,7 @@ from typing import Any
 from click.testing import CliRunner
 
 from edge.inspect.cli import inspect
-from edge.standin import Fleet, interleaved, make_meters, meters_csv, reading_payload
+from gridtokenx.harness.standin import Fleet, interleaved, make_meters, meters_csv, reading_payload
 from protocol import Reason, topics
 from tests.edge.conftest import GATEWAY, Rig
 from tests.helpers import wait_for
@@ -150,7 +150,7 @@ def test_doctor_against_live_brokers(rig: Rig, tmp_path: Path) -> None:
 
 
 def _closed_port() -> int:
-    from gridtokenx.brokers import free_port
+    from gridtokenx.harness.brokers import free_port
 
     return free_port()
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from edge.loadgen import publish_all
-from edge.standin import interleaved, make_meters
+from gridtokenx.harness.loadgen import publish_all
+from gridtokenx.harness.standin import interleaved, make_meters
 from tests.edge.conftest import Rig
 from tests.helpers import wait_for
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import base58
 
-from edge.standin import Fleet, make_meters, meters_csv, reading_payload
-from gridtokenx.brokers import free_port
+from gridtokenx.harness.brokers import free_port
+from gridtokenx.harness.standin import Fleet, make_meters, meters_csv, reading_payload
 from protocol.reading import Reading
 from protocol.topics import meter_readings
 from protocol.wire import V1_PREFIX, sign, sign_reading

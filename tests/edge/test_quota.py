@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from edge.standin import Fleet, make_meters, reading_payload
-from gridtokenx.brokers import free_port
+from gridtokenx.harness.brokers import free_port
+from gridtokenx.harness.standin import Fleet, make_meters, reading_payload
 from protocol.topics import meter_readings
 from tests.edge.conftest import Rig
 from tests.helpers import wait_for

@@ -10,9 +10,9 @@ from click.testing import CliRunner
 
 from edge.agent_cli import run
 from edge.settings import EdgeSettings
-from edge.standin import Fleet, interleaved, make_meters
-from gridtokenx.config import env_names, load
+from gridtokenx.harness.standin import Fleet, interleaved, make_meters
 from protocol.reasons import Reason
+from runtime.config import env_names, load
 from tests.edge.conftest import ROOT, Rig
 from tests.helpers import wait_for
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
-from edge.standin import Fleet, StandinCloud, interleaved, make_meters
-from gridtokenx.brokers import free_port, generate_dev_certs
-from gridtokenx.config import BrokerURL
+from gridtokenx.harness.brokers import free_port, generate_dev_certs
+from gridtokenx.harness.standin import Fleet, StandinCloud, interleaved, make_meters
+from runtime.config import BrokerURL
 from tests.conftest import BrokerFactory
 from tests.edge.conftest import GATEWAY, Agent
 from tests.helpers import wait_for

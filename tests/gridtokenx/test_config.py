@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from gridtokenx.config import BrokerURL, ConfigError, env_names, load
+from runtime.config import BrokerURL, ConfigError, env_names, load
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from gridtokenx.brokers import Mosquitto
+from gridtokenx.harness.brokers import Mosquitto
 from protocol.keys import MeterKey
 from protocol.topics import METER_READINGS_FILTER
 from simulator.keystore import keygen, load_keys

@@ -14,7 +14,7 @@ import base58
 import yaml
 from click.testing import CliRunner
 
-from gridtokenx.brokers import free_port
+from gridtokenx.harness.brokers import free_port
 from protocol.keys import decode_key
 from protocol.wire import sign, verify
 from simulator.cli import sim

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-from gridtokenx.brokers import free_port, generate_dev_certs
+import pytest
+
+from gridtokenx.harness.brokers import free_port, generate_dev_certs
 from simulator.fleet import run_fleet
 from simulator.keystore import keygen, load_keys
 from simulator.settings import BrokerSettings, MeterSettings, RunSettings, SigningSettings, SimSettings
@@ -19,15 +20,22 @@ from tests.simulator.conftest import Fleet, finish, subscriber
 DAY = 86_400
 
 
-def test_a_simulated_day_delivers_every_reading_signed_and_continuous(fleet_factory: Callable[..., Fleet]) -> None:
+#: Instants the simulated day ends at (UTC): the result never depends on today's date or weather.
+SUMMER_NOON = 1_783_339_200   # 2026-07-06T12:00:00Z, sunny for fleet seed 0 (and the day before)
+WINTER_NIGHT = 1_797_814_800  # 2026-12-21T01:00:00Z, overcast, the sun long set
+RAINY_DAY = 1_781_956_800     # 2026-06-20T12:00:00Z, rain
+
+
+@pytest.mark.parametrize("now", [SUMMER_NOON, WINTER_NIGHT, RAINY_DAY], ids=["summer-noon", "winter-night", "rain"])
+def test_a_simulated_day_delivers_every_reading_signed_and_continuous(
+        fleet_factory: Callable[..., Fleet], now: int) -> None:
     fleet = fleet_factory(6)
-    # One simulated day (96 readings of 15 min per meter) in 2 real seconds.
+    # One simulated day (96 readings of 15 min per meter) in 2 real seconds, ending at the injected instant.
     settings = fleet.settings(speed=DAY / 2, duration=2.0)
 
     async def scenario() -> None:
         async with subscriber(fleet.broker) as received:
-            started = time.time()
-            report = await run_fleet(settings)
+            report = await run_fleet(settings, clock=lambda: float(now))
             await finish(fleet.broker, fleet.keys[0], received)
 
         assert report.errors == {}
@@ -40,17 +48,20 @@ def test_a_simulated_day_delivers_every_reading_signed_and_continuous(fleet_fact
             assert sorted(readings) == list(range(1, 97))
             assert_continuous(readings)
             ends = [r.reading.end for r in readings.values()]
-            # Anchored so the last interval ends no later than real time (the cloud's in_future rule).
-            assert max(ends) <= time.time() and min(ends) >= started - DAY - 900
+            # Anchored so the last interval ends no later than the clock (the cloud's in_future rule).
+            assert max(ends) <= now and min(ends) >= now - DAY - 900
             totals = report.per_meter[meter_id]
             assert (totals.readings, totals.first_seq, totals.last_seq) == (96, 1, 96)
             assert totals.export_wh == sum(r.reading.export_wh for r in readings.values())
             assert totals.last_register_wh == readings[96].reading.export_register_wh
-        # The fleet mix produces real energy, and consumers import only.
+        # Consumers import only, whatever the weather; on a sunny day every solar or hybrid meter exports.
         kinds = {k.meter_id: k.meter_type for k in fleet.keys}
         for meter_id, readings in series.readings.items():
             exported = sum(r.reading.export_wh for r in readings.values())
-            assert (exported == 0) == (kinds[meter_id] == "consumer"), (meter_id, kinds[meter_id], exported)
+            if kinds[meter_id] == "consumer":
+                assert exported == 0, (meter_id, exported)
+            elif now == SUMMER_NOON and kinds[meter_id] in ("solar", "hybrid"):
+                assert exported > 0, (meter_id, kinds[meter_id], exported)
 
     asyncio.run(scenario())
 

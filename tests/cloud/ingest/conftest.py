@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cloud import db
-from gridtokenx.brokers import Mosquitto
+from gridtokenx.harness.brokers import Mosquitto
 from tests.cloud.ingest.support import ConsumerProcess
 
 GATEWAY = "gw1"

@@ -20,10 +20,10 @@ import asyncpg
 import base58
 
 from cloud.ingest import admin
-from cloud.ingest.meters_csv import MeterRow
-from gridtokenx.brokers import free_port
+from gridtokenx.harness.brokers import free_port
 from protocol import topics
 from protocol.envelopes import Ack, Batch, BatchItem, decode_ack, encode
+from protocol.meters_csv import MeterRow
 from protocol.reading import Reading
 from protocol.wire import secret_key_from_seed, sign_reading
 from tests.helpers import wait_for

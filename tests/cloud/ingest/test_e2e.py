@@ -14,8 +14,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from gridtokenx.brokers import Mosquitto, free_port
 from gridtokenx.cli import root
+from gridtokenx.harness.brokers import Mosquitto, free_port
 from protocol.keys import decode_key
 from tests.cloud.ingest.conftest import GATEWAY, ConsumerFactory
 from tests.cloud.ingest.support import ROOT, query

@@ -15,7 +15,7 @@ from cloud.ingest.registry import Registry
 from cloud.ingest.rules import Limits
 from cloud.ingest.store import write_plan
 from cloud.settings import TokenizationSettings
-from gridtokenx.brokers import Mosquitto, free_port, generate_dev_certs
+from gridtokenx.harness.brokers import Mosquitto, free_port, generate_dev_certs
 from protocol import topics
 from protocol.reasons import Reason
 from tests.cloud.ingest.conftest import GATEWAY, ConsumerFactory

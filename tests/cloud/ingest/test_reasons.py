@@ -10,7 +10,7 @@ from collections import Counter
 import asyncpg
 
 from cloud.ingest import admin
-from gridtokenx.brokers import Mosquitto
+from gridtokenx.harness.brokers import Mosquitto
 from protocol.envelopes import BatchItem
 from protocol.reading import Reading
 from protocol.reasons import Reason

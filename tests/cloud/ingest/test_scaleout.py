@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from gridtokenx.brokers import Mosquitto
+from gridtokenx.harness.brokers import Mosquitto
 from protocol.envelopes import Batch, BatchItem
 from tests.cloud.ingest.conftest import GATEWAY, ConsumerFactory
 from tests.cloud.ingest.support import Gateway, Meter, query, register

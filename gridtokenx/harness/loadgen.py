@@ -13,7 +13,7 @@ import socket
 import struct
 import time
 
-from gridtokenx.config import BrokerURL
+from runtime.config import BrokerURL
 
 WINDOW = 2000
 CHUNK = 200

@@ -1,6 +1,6 @@
 """Benchmark: build an N-row buffer with the real schema and time `inspect stats` on it.
 
-    python -m edge.inspect.bench --rows 1000000 [--meters 1000] [--db PATH] [--keep]
+    python -m gridtokenx.bench.inspect --rows 1000000 [--meters 1000] [--db PATH] [--keep]
 
 Payloads are real signed v1 readings: a few are signed and reused with varied meter/seq columns,
 so building a million rows takes seconds, not a million signatures.
@@ -146,7 +146,7 @@ def run(*, rows: int, meters: int = 1000, path: Path | None = None, keep: bool =
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m edge.inspect.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m gridtokenx.bench.inspect", description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--meters", type=int, default=1000)
     parser.add_argument("--db", type=Path, default=None, help="build here (default: a temporary file)")

@@ -26,7 +26,7 @@ from typing import Literal
 
 Role = Literal["edge", "cloud"]
 
-CONFIG_ROOT = Path(__file__).resolve().parent.parent / "broker-config"
+CONFIG_ROOT = Path(__file__).resolve().parents[2] / "broker-config"
 PBKDF2_ITERATIONS = 101  # mosquitto_passwd's default
 #: The commented-out client-certificate lines of the TLS listener in broker-config/*/mosquitto.conf.
 CLIENT_CERT_LINES = ("# require_certificate true", "# use_identity_as_username true")

@@ -17,7 +17,7 @@ import click
 import msgspec
 import psutil
 
-from gridtokenx.brokers import Mosquitto
+from gridtokenx.harness.brokers import Mosquitto
 from simulator.fleet import run_fleet
 from simulator.keystore import keygen, load_keys
 from simulator.report import FleetReport, Percentiles

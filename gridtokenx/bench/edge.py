@@ -33,10 +33,10 @@ import click
 import msgspec
 import psutil
 
-from edge.loadgen import publish_all
-from edge.standin import StandinCloud, interleaved, make_meters
-from gridtokenx.brokers import Mosquitto, free_port
-from gridtokenx.config import BrokerURL
+from gridtokenx.harness.brokers import Mosquitto, free_port
+from gridtokenx.harness.loadgen import publish_all
+from gridtokenx.harness.standin import StandinCloud, interleaved, make_meters
+from runtime.config import BrokerURL
 
 GATEWAY = "gw-bench"
 

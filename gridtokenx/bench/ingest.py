@@ -30,15 +30,15 @@ import click
 
 from cloud import db
 from cloud.ingest import admin
-from cloud.ingest.meters_csv import MeterRow
 from cloud.ingest.pipeline import classify, parse_items, verify_signatures
 from cloud.ingest.registry import Registry
 from cloud.ingest.rules import Limits
 from cloud.ingest.store import fetch_context, write_plan
 from cloud.settings import TokenizationSettings
-from gridtokenx.brokers import Mosquitto, free_port
+from gridtokenx.harness.brokers import Mosquitto, free_port
 from protocol import topics
 from protocol.envelopes import Batch, BatchItem, decode_ack, decode_batch, encode
+from protocol.meters_csv import MeterRow
 from protocol.reading import Reading
 from protocol.wire import secret_key_from_seed, sign_reading
 

@@ -21,12 +21,12 @@ import msgspec
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gridtokenx.config import BrokerURL
 from protocol import topics
 from protocol.envelopes import Ack, AckItem, decode_batch, encode
 from protocol.reading import Reading
 from protocol.reasons import Reason
 from protocol.wire import secret_key_from_seed, sign_reading
+from runtime.config import BrokerURL
 
 T0 = 1_793_491_200  # 2026-11-01T00:00:00Z
 INTERVAL = 900
