@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 import json
 import logging
-import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -25,6 +24,7 @@ from protocol import meters_csv
 from runtime import logs
 from runtime.config import ConfigError, load
 from runtime.observability import ObservabilityServer
+from runtime.runner import RuntimeFailure, run_component
 
 T = TypeVar("T")
 log = logging.getLogger("cloud.ingest")
@@ -51,7 +51,7 @@ def _run(coro: Coroutine[Any, Any, T], dsn: str) -> T:
     except (OSError, asyncpg.InvalidCatalogNameError, asyncpg.InvalidAuthorizationSpecificationError) as exc:
         raise click.ClickException(
             f"cannot connect to PostgreSQL at {_redact(dsn)} ({exc}); start it or set DATABASE_URL") from exc
-    except (admin.AdminError, db.MigrationError) as exc:
+    except (admin.AdminError, db.MigrationError, RuntimeFailure) as exc:
         raise click.ClickException(str(exc)) from exc
 
 
@@ -226,7 +226,8 @@ def run(role: str, config: Path | None, database_url: str | None, broker_url: st
     logs.setup(level=settings.log_level, json_format=settings.log_format == "json", log_file=settings.log_file,
                component="cloud")
     run_minter = _minter(role)
-    _run(_serve(settings, role, run_minter, run_migrations), settings.database_url)
+    _run(run_component(lambda stop: _serve(settings, role, run_minter, run_migrations, stop), name=f"cloud {role}",
+                       drain_seconds=30.0), settings.database_url)
 
 
 MinterFn = Callable[[CloudSettings, asyncio.Event], Awaitable[None]]
@@ -247,11 +248,8 @@ def _minter(role: str) -> MinterFn | None:
     return fn
 
 
-async def _serve(settings: CloudSettings, role: str, run_minter: MinterFn | None, run_migrations: bool) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+async def _serve(settings: CloudSettings, role: str, run_minter: MinterFn | None, run_migrations: bool,
+                 stop: asyncio.Event) -> None:
     if run_migrations:
         applied = await db.migrate(settings.database_url)
         if applied:
@@ -270,8 +268,6 @@ async def _serve(settings: CloudSettings, role: str, run_minter: MinterFn | None
                 tasks.create_task(_until_done(run_minter(settings, stop), stop))
     finally:
         await server.stop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
     log.info("stopped cleanly")
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import time
 from typing import Any
 
@@ -31,8 +30,8 @@ EXPIRE_EVERY_S = 10.0
 RESYNC_EVERY_S = 60.0
 
 
-async def run_agent(settings: EdgeSettings) -> int:
-    """Run until SIGTERM/SIGINT; returns the process exit code."""
+async def run_agent(settings: EdgeSettings, stopping: asyncio.Event) -> int:
+    """Run until `stopping` is set (the runner sets it on SIGTERM/SIGINT); returns the exit code."""
     keys = load_keys(settings.meter_keys) if settings.meter_keys else None
     buffer = Buffer.open(settings.buffer, gateway_id=settings.gateway_id,
                          quota=Quota(settings.max_rows, settings.max_bytes, settings.quota_policy),
@@ -40,7 +39,6 @@ async def run_agent(settings: EdgeSettings) -> int:
     metrics = EdgeMetrics()
     metrics.watch_buffer(lambda: buffer.counts, lambda: buffer.oldest_pending_at)
     loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
     failed: list[BaseException] = []
 
     writer = Writer(buffer, metrics=metrics, keys=keys, commit_max=settings.commit_max,
@@ -72,8 +70,6 @@ async def run_agent(settings: EdgeSettings) -> int:
     await server.start()
     log.info("metrics on http://%s:%d/metrics (healthz on /healthz)", settings.metrics_host, server.port,
              extra={"metrics_port": server.port})
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
     log.info("edge agent %s: buffer %s (%d pending, %d rejected), quota %d rows / %d bytes (%s), "
              "synchronous %s", settings.gateway_id, settings.buffer, buffer.counts.pending,
              buffer.counts.rejected, settings.max_rows, settings.max_bytes, settings.quota_policy,
@@ -98,8 +94,6 @@ async def run_agent(settings: EdgeSettings) -> int:
             raise
         # The writer failed and said why once; the forwarder's calls into it fail after that.
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
         receiver.stop()
         writer.stop()
         await server.stop()

@@ -12,6 +12,7 @@ import click
 from edge.settings import POLICIES, EdgeSettings
 from runtime import logs
 from runtime.config import ConfigError, load
+from runtime.runner import RuntimeFailure, run_component
 
 
 @click.command("run", help=(
@@ -55,7 +56,12 @@ def run(config_path: Path | None, **flags: Any) -> None:
     from edge.agent import run_agent
 
     try:
-        code = asyncio.run(run_agent(settings))
+        # The drain bound: batches in flight get drain_timeout_s, the SQLite barrier and close a little more.
+        code = asyncio.run(run_component(lambda stop: run_agent(settings, stop), name="edge agent",
+                                         drain_seconds=settings.drain_timeout_s + 20.0))
+    except RuntimeFailure as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
     except OSError as exc:  # e.g. the metrics port is taken or the buffer directory is read-only
         click.echo(f"error: {exc}. Pick another --metrics-port or --buffer path.", err=True)
         sys.exit(2)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import ssl
 import time
 import uuid
@@ -26,6 +25,7 @@ from edge.settings import EdgeSettings
 from edge.writer import Writer
 from protocol import topics
 from protocol.envelopes import Ack, Batch, BatchItem, decode_ack, encode
+from runtime.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -38,22 +38,6 @@ class InFlight:
     """monotonic time of the first send (forward latency)."""
     deadline: float
     """monotonic time after which the batch is re-sent."""
-
-
-class Backoff:
-    """Capped exponential backoff with full jitter (AWS architecture blog's recipe)."""
-
-    def __init__(self, initial: float, cap: float) -> None:
-        self.initial, self.cap = initial, cap
-        self.attempt = 0
-
-    def next(self) -> float:
-        ceiling = min(self.cap, self.initial * 2 ** self.attempt)
-        self.attempt += 1
-        return random.uniform(ceiling / 2, ceiling)
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 class Forwarder:

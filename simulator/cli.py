@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +16,7 @@ from rich.table import Table
 
 from runtime import logs
 from runtime.config import ConfigError
+from runtime.runner import run_component
 from simulator import settings as sim_settings
 from simulator.faults import Fault, expected_reason
 from simulator.fleet import Fleet, run_fleet
@@ -135,7 +135,8 @@ def run_cmd(config_path: Path | None, keys_dir: Path | None, count: int | None, 
                     "drain_timeout": drain_timeout},
             "faults": fault_rates,
         })
-        report = asyncio.run(_run(settings, live=not as_json))
+        report = asyncio.run(run_component(lambda stop: _run(settings, stop, live=not as_json), name="simulator",
+                                           drain_seconds=settings.run.drain_timeout + 10.0))
     except USER_ERRORS as exc:
         raise click.ClickException(str(exc)) from None
     doc = msgspec.json.encode(report)
@@ -147,11 +148,7 @@ def run_cmd(config_path: Path | None, keys_dir: Path | None, count: int | None, 
         _print_summary(report)
 
 
-async def _run(settings: sim_settings.SimSettings, *, live: bool) -> FleetReport:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+async def _run(settings: sim_settings.SimSettings, stop: asyncio.Event, *, live: bool) -> FleetReport:
     console = Console(stderr=True)
     if not (live and console.is_terminal):
         return await run_fleet(settings, stop=stop)

@@ -27,6 +27,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
+from runtime.backoff import Backoff
 from runtime.config import BrokerURL
 from simulator.meter import Outgoing
 from simulator.report import Stats
@@ -79,16 +80,15 @@ class Link:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, publish, reconnect with backoff; return once `stop` is set and nothing is left."""
-        backoff = 0.5
+        backoff = Backoff(0.5, 15.0)
         try:
             while not (stop.is_set() and not self.backlog):
                 if not await self._connect():
                     # Even while stopping: the fleet's drain timeout decides when to give up (the
                     # backlog then stays in the outbox for the next run).
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 15.0)
+                    await asyncio.sleep(backoff.next())
                     continue
-                backoff = 0.5
+                backoff.reset()
                 self._pump()
                 while self.connected and not (stop.is_set() and not self.backlog):
                     await self._changed.wait()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import signal
 from pathlib import Path
 
 import click
@@ -13,6 +12,7 @@ from aiohttp import web
 
 from cloud.chain.localnet import Faults, Localnet
 from cloud.chain.svm import SvmLedger
+from runtime.runner import run_component
 
 
 @click.command(help="Serve Solana JSON-RPC over LiteSVM (real SPL Token, ATA and Memo programs) with "
@@ -42,18 +42,15 @@ def localnet(host: str, port: int, state_dir: Path | None, drop_sends: float, ti
                        slot_secs=slot_ms / 1000)
     net = Localnet(ledger, Faults(drop_sends, timeout_after_land, status_delay, rate_limit, seed))
     try:
-        asyncio.run(_serve(net, host, port, ready_file))
+        asyncio.run(run_component(lambda stop: _serve(net, host, port, ready_file, stop), name="localnet",
+                                  drain_seconds=10.0))
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port} ({exc}); pick another --port") from exc
     finally:
         ledger.close()
 
 
-async def _serve(net: Localnet, host: str, port: int, ready_file: Path | None) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+async def _serve(net: Localnet, host: str, port: int, ready_file: Path | None, stop: asyncio.Event) -> None:
     runner = web.AppRunner(net.app(), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)

@@ -34,6 +34,7 @@ from protocol import topics
 from protocol.envelopes import Ack, Batch, decode_batch, encode
 from protocol.errors import ProtocolError
 from protocol.reasons import Reason
+from runtime.backoff import Backoff, pause
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -81,7 +82,7 @@ class IngestConsumer:
 
     async def _consume(self, stop: asyncio.Event) -> None:
         url = self.settings.broker_url
-        backoff = _BACKOFF_START
+        backoff = Backoff(_BACKOFF_START, _BACKOFF_MAX)
         while not stop.is_set():
             try:
                 async with aiomqtt.Client(
@@ -91,7 +92,7 @@ class IngestConsumer:
                 ) as client:
                     await client.subscribe(topics.SHARED_BATCHES_FILTER, qos=1)
                     self._connected = True
-                    backoff = _BACKOFF_START
+                    backoff.reset()
                     log.info("consuming %s on %s as %s", topics.SHARED_BATCHES_FILTER, url,
                              self.settings.client_id)
                     await self._loop(client, stop)
@@ -101,13 +102,11 @@ class IngestConsumer:
                             "the edge will re-send it", exc.batch_id)
                 return
             except aiomqtt.MqttError as exc:
-                log.warning("MQTT connection to %s failed or was lost (%s); reconnecting in %.1f s", url, exc, backoff)
+                log.warning("MQTT connection to %s failed or was lost (%s); reconnecting", url, exc)
             finally:
                 self._connected = False
             if not stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), backoff)
-                backoff = min(backoff * 2, _BACKOFF_MAX)
+                await pause(stop, backoff.next())
 
     def _tls_params(self) -> aiomqtt.TLSParameters | None:
         """mqtts:// uses the CA file when one is configured, else the system's trust store."""
@@ -212,7 +211,7 @@ class IngestConsumer:
         """Postgres being away is a dependency failure, not bad input: retry the same step (every
         write is idempotent) with backoff; the edge's readings stay unacked meanwhile."""
         assert self._pool is not None
-        backoff = _BACKOFF_START
+        backoff = Backoff(_BACKOFF_START, _BACKOFF_MAX)
         while True:
             try:
                 async with self._pool.acquire() as conn:
@@ -225,10 +224,9 @@ class IngestConsumer:
             except _DB_ERRORS as exc:
                 if self._stop.is_set():
                     raise Abandoned(batch.batch_id) from exc
-                log.error("database step for batch %s failed (%s); retrying in %.1f s", batch.batch_id, exc, backoff)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), backoff)
-                backoff = min(backoff * 2, _BACKOFF_MAX)
+                delay = backoff.next()
+                log.error("database step for batch %s failed (%s); retrying in %.1f s", batch.batch_id, exc, delay)
+                await pause(self._stop, delay)
 
     async def persist(self, conn: asyncpg.Connection, prepared: Prepared) -> Plan:
         started = time.perf_counter()

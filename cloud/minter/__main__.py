@@ -7,7 +7,6 @@ dependencies, which is what the chaos tests kill -9 and restart.
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
 from pathlib import Path
 
@@ -15,21 +14,14 @@ from cloud.minter.service import run_minter
 from cloud.settings import CloudSettings
 from runtime import logs
 from runtime.config import load
-
-
-async def _main(settings: CloudSettings) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await run_minter(settings, stop)
+from runtime.runner import run_component
 
 
 def main(argv: list[str]) -> None:
     config = Path(argv[argv.index("--config") + 1]) if "--config" in argv else None
     settings = load(CloudSettings, config)
     logs.setup(level=settings.log_level, json_format=settings.log_format == "json", log_file=settings.log_file)
-    asyncio.run(_main(settings))
+    asyncio.run(run_component(lambda stop: run_minter(settings, stop), name="minter", drain_seconds=30.0))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from cloud.chain.tx import build_mint_tx, max_wallets_per_tx
 from cloud.minter import metrics, store
 from cloud.minter.status import export, read_status
 from cloud.settings import CloudSettings
+from runtime.backoff import Backoff, pause
 
 log = logging.getLogger(__name__)
 
@@ -247,14 +248,12 @@ async def run_minter(settings: CloudSettings, stop: asyncio.Event) -> None:
 async def _open_when_reachable(settings: CloudSettings, stop: asyncio.Event,
                                opener: Callable[[CloudSettings], Awaitable[ChainBackend]]) -> ChainBackend | None:
     """An unreachable chain at start is waited for (with backoff); a misconfiguration raises at once."""
-    attempt = 0
+    backoff = Backoff(1.0, 30.0)
     while not stop.is_set():
         try:
             return await opener(settings)
         except ChainUnavailable as exc:
-            attempt += 1
-            log.log(logging.WARNING if attempt == 1 else logging.DEBUG,
+            log.log(logging.WARNING if backoff.attempt == 0 else logging.DEBUG,
                     "chain not reachable (%s); minter waits for it", exc)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=min(0.5 * 2**attempt, 30.0))
+            await pause(stop, backoff.next())
     return None
