@@ -18,9 +18,9 @@ from edge.buffer import Buffer, Quota
 from edge.forwarder import Forwarder
 from edge.metrics import EdgeMetrics
 from edge.receiver import Receiver
-from edge.screening import load_keys
 from edge.settings import EdgeSettings
 from edge.writer import Writer
+from protocol.meters_csv import read_public_keys
 from runtime.observability import ObservabilityServer
 
 log = logging.getLogger("edge.agent")
@@ -32,7 +32,7 @@ RESYNC_EVERY_S = 60.0
 
 async def run_agent(settings: EdgeSettings, stopping: asyncio.Event) -> int:
     """Run until `stopping` is set (the runner sets it on SIGTERM/SIGINT); returns the exit code."""
-    keys = load_keys(settings.meter_keys) if settings.meter_keys else None
+    keys = read_public_keys(settings.meter_keys) if settings.meter_keys else None
     buffer = Buffer.open(settings.buffer, gateway_id=settings.gateway_id,
                          quota=Quota(settings.max_rows, settings.max_bytes, settings.quota_policy),
                          ttl_seconds=settings.ttl_seconds, synchronous=settings.synchronous)

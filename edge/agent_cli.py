@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from edge.settings import POLICIES, EdgeSettings
+from protocol.meters_csv import MetersCsvError
 from runtime import logs
 from runtime.config import ConfigError, load
 from runtime.runner import RuntimeFailure, run_component
@@ -59,7 +60,7 @@ def run(config_path: Path | None, **flags: Any) -> None:
         # The drain bound: batches in flight get drain_timeout_s, the SQLite barrier and close a little more.
         code = asyncio.run(run_component(lambda stop: run_agent(settings, stop), name="edge agent",
                                          drain_seconds=settings.drain_timeout_s + 20.0))
-    except RuntimeFailure as exc:
+    except (RuntimeFailure, MetersCsvError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     except OSError as exc:  # e.g. the metrics port is taken or the buffer directory is read-only

@@ -6,12 +6,8 @@ registry, the validation rules, equivocation against accepted readings — is th
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-
-import base58
 
 from protocol.check import check_topic
 from protocol.errors import ProtocolError
@@ -65,15 +61,3 @@ def screen(topic: str, payload: bytes, keys: Mapping[str, bytes] | None = None) 
                                f"signature does not verify with the key of meter {meter_id!r} in the key file",
                                meter_id, seq)
     return Accepted(meter_id, seq, signed.reading.end, signed.payload)
-
-
-def load_keys(path: Path) -> dict[str, bytes]:
-    """meters.csv with at least the columns meter_id and public_key (base58 Ed25519)."""
-    keys: dict[str, bytes] = {}
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or not {"meter_id", "public_key"} <= set(reader.fieldnames):
-            raise ValueError(f"{path} must be a CSV with the columns meter_id and public_key")
-        for row in reader:
-            keys[row["meter_id"].strip()] = base58.b58decode(row["public_key"].strip())
-    return keys

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -27,6 +26,7 @@ from gridtokenx.harness.brokers import BrokerError, generate_client_cert, genera
 from protocol.keys import MeterKey, decode_key
 from protocol.reading import METER_ID_RE
 from runtime.config import ConfigError, load
+from runtime.files import write_atomic
 
 EDGE_AGENT = "edge-agent"
 EDGE_INSPECTOR = "edge-inspector"
@@ -152,14 +152,6 @@ def read_previous(path: Path) -> CredentialsFile | None:
         raise CredentialsError(f"{path} exists but is not a credentials file ({exc}); move it away") from exc
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Create with mode 0600 from the first byte: never world-readable, not even briefly."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    path.chmod(0o600)
-
-
 @dataclass(frozen=True, slots=True)
 class Written:
     """What `credentials` wrote; the --json output (no passwords)."""
@@ -181,7 +173,7 @@ def write(p: Plan, out: Path, *, tls_hosts: tuple[str, ...] | None, client_certs
     write_password_file(out / "edge" / "passwd", p.edge_users)
     write_password_file(out / "cloud" / "passwd", p.cloud_users)
     creds = out / "credentials.json"
-    write_private(creds, msgspec.json.format(msgspec.json.encode(p.services), indent=2) + b"\n")
+    write_atomic(creds, msgspec.json.format(msgspec.json.encode(p.services), indent=2) + b"\n")
     tls: dict[str, str] | None = None
     if tls_hosts is not None:
         certs = out / "certs"

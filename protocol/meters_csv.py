@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import base58
 
@@ -87,3 +89,47 @@ def parse(text: str) -> tuple[list[MeterRow], list[RowError]]:
             seen[checked.meter_id] = line
             rows.append(checked)
     return rows, errors
+
+
+class MetersCsvError(ValueError):
+    """A meters.csv that cannot serve as a key source; the message is one sentence with the fix."""
+
+
+def public_keys(text: str, source: str) -> dict[str, bytes]:
+    """meter_id → 32-byte Ed25519 public key from a meters.csv that has at least meter_id and public_key.
+
+    The edge's signature pre-check and the inspector read only these two columns, so a gateway can be
+    given a public-key-only export; the full registry rows are checked by `parse` on import.
+    """
+    reader = csv.DictReader(io.StringIO(text))
+    missing = {"meter_id", "public_key"} - {h.strip() for h in reader.fieldnames or ()}
+    if missing:
+        raise MetersCsvError(f"{source} has no {', '.join(sorted(missing))} column; expected the columns "
+                             f"{','.join(COLUMNS)} (the `gridtokenx sim keygen` export).")
+    keys: dict[str, bytes] = {}
+    for line, raw in enumerate(reader, start=2):
+        row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+        if not METER_ID_RE.match(row["meter_id"]):
+            raise MetersCsvError(f"{source} line {line}: meter_id {row['meter_id'][:70]!r} is not valid")
+        problem = check_base58_32(row["public_key"], "public_key")
+        if problem:
+            raise MetersCsvError(f"{source} line {line}: {problem}; regenerate it with `gridtokenx sim keygen`.")
+        keys[row["meter_id"]] = base58.b58decode(row["public_key"].encode())
+    return keys
+
+
+def read_public_keys(path: Path) -> dict[str, bytes]:
+    try:
+        return public_keys(path.read_text(), str(path))
+    except UnicodeDecodeError as exc:
+        raise MetersCsvError(f"{path} is not a text CSV file; pass meters.csv or a key directory.") from exc
+
+
+def render(rows: Iterable[MeterRow]) -> str:
+    """The registry export, header first: what `cloud meters import` and the edge read back."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for r in rows:
+        writer.writerow((r.meter_id, r.public_key, r.wallet_address, r.meter_type, r.capacity_w))
+    return out.getvalue()

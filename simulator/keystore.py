@@ -7,10 +7,7 @@ Keys are never regenerated: keygen only adds meters that do not exist yet.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +15,14 @@ from pathlib import Path
 import base58
 from solders.keypair import Keypair
 
+from protocol import meters_csv
 from protocol.keys import MeterKey, decode_key, encode_key
+from protocol.meters_csv import MeterRow
 from protocol.wire import secret_key_from_seed
+from runtime.files import write_atomic
 from simulator.models import CAPACITY_RANGE_W, MIX, MeterType, unit
 
 CSV_NAME = "meters.csv"
-CSV_HEADER = ("meter_id", "public_key", "wallet_address", "meter_type", "capacity_w")
 KEY_SUFFIX = ".key"
 
 
@@ -85,16 +84,6 @@ def new_key(index: int, *, plan: list[MeterType], seed: int | None) -> MeterKey:
     )
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def load_keys(directory: Path) -> list[MeterKey]:
     """Every key in `directory`, sorted by meter_id."""
     if not directory.is_dir():
@@ -117,12 +106,8 @@ def load_keys(directory: Path) -> list[MeterKey]:
 
 
 def registry_csv(keys: list[MeterKey]) -> bytes:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(CSV_HEADER)
-    for k in keys:
-        writer.writerow((k.meter_id, k.public_key, k.wallet_address, k.meter_type, k.capacity_w))
-    return out.getvalue().encode()
+    return meters_csv.render(MeterRow(k.meter_id, k.public_key, k.wallet_address, k.meter_type, k.capacity_w)
+                             for k in keys).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,9 +135,7 @@ def keygen(directory: Path, meters: int, *, types: str = "mix", seed: int | None
             continue
         path = directory / f"{meter_id}{KEY_SUFFIX}"
         # O_EXCL: a key file that appeared meanwhile (another keygen) is never overwritten.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(encode_key(new_key(index, plan=plan, seed=seed)))
+        write_atomic(path, encode_key(new_key(index, plan=plan, seed=seed)), exclusive=True)
         created.append(meter_id)
-    _write_atomic(directory / CSV_NAME, registry_csv(load_keys(directory)), 0o644)
+    write_atomic(directory / CSV_NAME, registry_csv(load_keys(directory)), mode=0o644)
     return KeygenResult(directory=directory, created=created, existing=len(existing))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from pathlib import Path
 
 from solders.keypair import Keypair
@@ -20,6 +19,7 @@ from spl.token.constants import TOKEN_2022_PROGRAM_ID, TOKEN_PROGRAM_ID
 
 from cloud.chain.base import ChainBackend, ChainError, MintIdentity
 from cloud.settings import ChainSettings, TokenizationSettings
+from runtime.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +41,6 @@ def token_program_id(name: str) -> Pubkey:
     raise IdentityError(f"GRIDTOKENX_TOKEN_PROGRAM must be spl-token or token-2022, not {name!r}")
 
 
-def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def load_keypair(path: Path) -> Keypair:
     try:
         raw = json.loads(path.read_text())
@@ -65,7 +54,7 @@ def load_or_create_keypair(path: Path) -> Keypair:
     if path.exists():
         return load_keypair(path)
     kp = Keypair()
-    _write_private(path, json.dumps(list(bytes(kp))))
+    write_atomic(path, json.dumps(list(bytes(kp))))
     log.info("created mint authority keypair %s (%s)", path, kp.pubkey())
     return kp
 
@@ -119,7 +108,7 @@ async def _create_mint(backend: ChainBackend, authority: Keypair, decimals: int,
         if status is None and height > recent.last_valid_block_height:
             raise IdentityError("creating the mint timed out (blockhash expired unconfirmed); start again")
         await asyncio.sleep(0.2)
-    _write_private(mint_file, json.dumps({"mint": str(mint.pubkey()), "decimals": decimals,
+    write_atomic(mint_file, json.dumps({"mint": str(mint.pubkey()), "decimals": decimals,
                                           "token_program": str(program)}))
     log.info("created mint %s (decimals %d, authority %s)", mint.pubkey(), decimals, authority.pubkey())
     return MintIdentity(authority, mint.pubkey(), decimals, program)

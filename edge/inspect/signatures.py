@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import base58
@@ -11,9 +10,8 @@ import msgspec
 from edge.inspect.models import SignatureStatus
 from protocol import ProtocolError, parse_payload, verify_signed
 from protocol.keys import decode_key
+from protocol.meters_csv import MetersCsvError, read_public_keys
 from protocol.reading import SignedReading
-
-CSV_COLUMNS = ("meter_id", "public_key", "wallet_address", "meter_type", "capacity_w")
 
 
 class KeysError(Exception):
@@ -55,19 +53,10 @@ def _from_dir(directory: Path) -> dict[str, bytes]:
 
 
 def _from_csv(path: Path) -> dict[str, bytes]:
-    keys: dict[str, bytes] = {}
     try:
-        with path.open(newline="") as fh:
-            reader = csv.DictReader(fh)
-            missing = {"meter_id", "public_key"} - set(reader.fieldnames or ())
-            if missing:
-                raise KeysError(f"{path} has no {', '.join(sorted(missing))} column; expected the columns "
-                                f"{','.join(CSV_COLUMNS)}.")
-            for line, row in enumerate(reader, start=2):
-                keys[row["meter_id"].strip()] = _public_key(row["public_key"], f"{path} line {line}")
-    except UnicodeDecodeError as exc:
-        raise KeysError(f"{path} is not a text CSV file; pass meters.csv or a key directory.") from exc
-    return keys
+        return read_public_keys(path)
+    except MetersCsvError as exc:
+        raise KeysError(str(exc)) from exc
 
 
 def check(payload: bytes, keys: dict[str, bytes] | None) -> tuple[SignatureStatus, SignedReading | None, str | None]:

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from runtime.files import write_atomic
+
 Role = Literal["edge", "cloud"]
 
 CONFIG_ROOT = Path(__file__).resolve().parents[2] / "broker-config"
@@ -44,15 +46,7 @@ def hash_password(password: str, *, salt: bytes | None = None) -> str:
 
 def write_password_file(path: Path, users: Mapping[str, str]) -> None:
     lines = [f"{user}:{hash_password(pw)}\n" for user, pw in users.items()]
-    _write_private(path, "".join(lines))
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Mode 0600 from creation: a password file is never readable by others, not even briefly."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    path.chmod(0o600)
+    write_atomic(path, "".join(lines))
 
 
 def free_port() -> int:
@@ -167,7 +161,7 @@ class Mosquitto:
         given = self.password_file.read_text()
         present = {line.split(":", 1)[0] for line in given.splitlines() if ":" in line}
         extra = "".join(f"{u}:{hash_password(pw)}\n" for u, pw in self.users.items() if u not in present)
-        _write_private(target, given + ("" if given.endswith("\n") or not given else "\n") + extra)
+        write_atomic(target, given + ("" if given.endswith("\n") or not given else "\n") + extra)
 
     @property
     def running(self) -> bool:

@@ -17,12 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiomqtt
+import base58
 import msgspec
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from protocol import topics
 from protocol.envelopes import Ack, AckItem, decode_batch, encode
+from protocol.meters_csv import MeterRow, render
 from protocol.reading import Reading
 from protocol.reasons import Reason
 from protocol.wire import secret_key_from_seed, sign_reading
@@ -178,10 +180,12 @@ def reading_payload(meter: Meter, seq: int) -> bytes:
 
 
 def meters_csv(meters: list[Meter]) -> str:
-    import base58
-
-    lines = ["meter_id,public_key"] + [f"{m.meter_id},{base58.b58encode(m.public_key).decode()}" for m in meters]
-    return "\n".join(lines) + "\n"
+    """A registry export for the stand-in meters (wallet: the meter's own key, any 32-byte base58 does)."""
+    rows = []
+    for m in meters:
+        key = base58.b58encode(m.public_key).decode()
+        rows.append(MeterRow(m.meter_id, key, key, "solar", 5_000))
+    return render(rows)
 
 
 class Fleet:

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from gridtokenx.harness.brokers import Mosquitto, free_port
+from gridtokenx.harness.processes import parse_metrics
 from gridtokenx.harness.standin import StandinCloud
-from gridtokenx.stack import parse_metrics
 from runtime.config import BrokerURL
 from tests.conftest import BrokerFactory
 from tests.helpers import wait_for
