@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -39,8 +38,6 @@ from runtime.backoff import Backoff, pause
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: Test-only: exit with status 137 right after the Nth commit, before its ack is published.
-CRASH_AFTER_COMMIT_ENV = "GRIDTOKENX_TEST_CRASH_AFTER_COMMIT"
 _BACKOFF_START, _BACKOFF_MAX = 0.5, 15.0
 #: A dependency failure (retried), as opposed to a bug. InternalClientError is what asyncpg raises
 #: on a connection whose server backend was terminated mid-statement.
@@ -49,7 +46,9 @@ _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.In
 
 class IngestConsumer:
     def __init__(self, settings: CloudSettings, *, metrics: IngestMetrics,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, after_commit: Callable[[int], None] | None = None) -> None:
+        """`after_commit(n)` runs after the n-th commit, before its ack is published: the seam the
+        crash-between-commit-and-ack test uses; production leaves it None."""
         self.settings = settings
         self.metrics = metrics
         self.limits = Limits.from_settings(settings.tokenization)
@@ -59,8 +58,7 @@ class IngestConsumer:
         self._connected = False
         self._commits = 0
         self._stop = asyncio.Event()
-        crash = os.environ.get(CRASH_AFTER_COMMIT_ENV)
-        self._crash_after = int(crash) if crash else None
+        self._after_commit = after_commit
 
     def health(self) -> dict[str, Any]:
         return {"healthy": self._connected and self._pool is not None, "component": "cloud-ingest",
@@ -198,10 +196,8 @@ class IngestConsumer:
             self.registry.mark(meter_id, "quarantined")
             log.warning("meter %s quarantined: %s", meter_id, why)
         self._commits += 1
-        if self._crash_after is not None and self._commits >= self._crash_after:
-            log.warning("%s=%d: exiting after commit, before the ack", CRASH_AFTER_COMMIT_ENV, self._crash_after)
-            logging.shutdown()
-            os._exit(137)
+        if self._after_commit is not None:
+            self._after_commit(self._commits)
         ack = Ack(gateway_id=batch.gateway_id, batch_id=batch.batch_id, results=plan.results())
         await client.publish(topics.acks(batch.gateway_id), encode(ack), qos=1)
         self.metrics.record(plan)

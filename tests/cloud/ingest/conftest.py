@@ -38,9 +38,9 @@ def consumers(migrated_db: str, cloud: Mosquitto, tmp_path: Path) -> Iterator[Co
     started: list[ConsumerProcess] = []
 
     def start(client_id: str = "cloud-consumer-1", *, env: dict[str, str] | None = None,
-              ready: bool = True) -> ConsumerProcess:
+              ready: bool = True, crash_after_commit: int | None = None) -> ConsumerProcess:
         proc = ConsumerProcess(dsn=migrated_db, broker_url=cloud.url_for("cloud-consumer"), client_id=client_id,
-                               log_dir=tmp_path, env=env)
+                               log_dir=tmp_path, env=env, crash_after_commit=crash_after_commit)
         started.append(proc)
         if ready:
             proc.wait_ready()

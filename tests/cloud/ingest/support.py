@@ -84,12 +84,15 @@ class ConsumerProcess:
     """`gridtokenx cloud run --role ingest` as a real subprocess."""
 
     def __init__(self, *, dsn: str, broker_url: str, client_id: str, log_dir: Path,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, crash_after_commit: int | None = None) -> None:
         self.port = free_port()
+        # The crash seam lives in the tests: a wrapper that gives the consumer an after_commit hook.
+        wrapper = [str(Path(__file__).with_name("crash_after_commit.py")), str(crash_after_commit)] \
+            if crash_after_commit else ["-m", "gridtokenx"]
         self.log_path = log_dir / f"{client_id}.log"
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gridtokenx", "cloud", "run", "--role", "ingest", "--database-url", dsn,
+            [sys.executable, *wrapper, "cloud", "run", "--role", "ingest", "--database-url", dsn,
              "--broker-url", broker_url, "--client-id", client_id, "--port", str(self.port), "--host",
              "127.0.0.1", "--no-migrate"],
             cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,

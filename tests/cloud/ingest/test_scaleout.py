@@ -63,7 +63,7 @@ def test_kill_between_commit_and_ack_resend_is_duplicate(
     asyncio.run(register(migrated_db, meters))
     gw = Gateway("127.0.0.1", cloud.port, GATEWAY, gateway_password)
     batches = fleet_batches(gw, meters, readings_each=5, batch_size=25, prefix="crash")  # 50 readings, 2 batches
-    crashing = consumers("cloud-consumer-1", env={"GRIDTOKENX_TEST_CRASH_AFTER_COMMIT": "1"})
+    crashing = consumers("cloud-consumer-1", crash_after_commit=1)
 
     async def scenario() -> None:
         delivery = asyncio.create_task(gw.deliver(batches, resend_after=1.5, timeout=45))
