@@ -49,7 +49,7 @@ def _emit(doc: dict[str, Any]) -> None:
 
 # -- mint ------------------------------------------------------------------------------------
 @click.command(help="Mint now: the given readings, or every unminted reading of one meter. Works with "
-               "auto-mint off (the seed's phases 1-2) and for dead-lettered readings. If a minter is "
+               "auto-mint off (the GridTokenX Phase 2 guide's phases 1-2) and for dead-lettered readings. If a minter is "
                "running it serves the request; otherwise this command talks to the chain itself.")
 @click.option("--reading", "reading_ids", type=int, multiple=True, help="meter_readings.id (repeatable)")
 @click.option("--meter", "meter_id", help="mint all unminted readings of this meter")
@@ -121,7 +121,7 @@ def reconcile(fix: bool, config_path: Path | None, database_url: str | None, as_
 
 
 # -- status ----------------------------------------------------------------------------------
-@click.command(help="The seed guide's four key minting metrics with its alert thresholds (backlog > 100, "
+@click.command(help="The GridTokenX Phase 2 guide's four key minting metrics with its alert thresholds (backlog > 100, "
                "success < 95 %, average latency > 120 s, retry queue > 50). Exit code 2 when an alert fires.")
 @_config
 @_db

@@ -1,6 +1,6 @@
-"""Cloud settings: YAML (`--config cloud.yaml`) < environment (the seed guide's names) < flags.
+"""Cloud settings: YAML (`--config cloud.yaml`) < environment (the GridTokenX Phase 2 guide's names) < flags.
 
-Every default is the seed guide's (ratio 1.0, decimals 9, polling 60 s, batch 50, 100 kWh per
+Every default is the GridTokenX Phase 2 guide's (ratio 1.0, decimals 9, polling 60 s, batch 50, 100 kWh per
 reading, 7 days, 10 attempts, 5 minutes first retry). Sections may grow; keep names stable.
 """
 
@@ -75,7 +75,7 @@ class CloudSettings:
     client_id: str = field(default="cloud-consumer-1", metadata={"env": "GRIDTOKENX_CLOUD_CLIENT_ID"})
     host: str = field(default="0.0.0.0", metadata={"env": "HOST"})
     port: int = field(default=8080, metadata={"env": "PORT"})
-    """HTTP port for /metrics and /healthz (the seed's server settings)."""
+    """HTTP port for /metrics and /healthz (the GridTokenX Phase 2 guide's server settings)."""
     log_level: str = field(default="INFO", metadata={"env": "LOG_LEVEL"})
     log_format: str = field(default="plain", metadata={"env": "LOG_FORMAT"})
     log_file: Path | None = field(default=None, metadata={"env": "LOG_FILE"})

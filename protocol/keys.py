@@ -1,6 +1,6 @@
 """The meter key file: one per meter, written by `sim keygen`, mode 0600.
 
-JSON with the meter's Ed25519 seed and public key (base58, as the GridTokenX seed used), its MQTT
+JSON with the meter's Ed25519 seed and public key (base58, as the GridTokenX Phase 2 guide does), its MQTT
 password and its registry row. Only the structure lives here; reading and writing files is the
 simulator's job.
 """

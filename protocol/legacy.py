@@ -24,7 +24,7 @@ from protocol.reading import METER_ID_RE, Reading
 from protocol.reasons import Reason
 
 HEADER = b"GRIDTOKENX_METER_READING\n"
-#: The seed simulator's reading_interval_seconds.
+#: The GridTokenX simulator's reading_interval_seconds.
 LEGACY_INTERVAL_SECONDS = 300
 
 _KWH_RE = re.compile(r"^-?\d{1,15}\.\d{6}$")

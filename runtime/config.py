@@ -1,4 +1,4 @@
-"""Settings: YAML file, then environment variables (the seed's names), then command-line flags.
+"""Settings: YAML file, then environment variables (the GridTokenX Phase 2 guide's names), then command-line flags.
 
 Each component declares a frozen dataclass; a field's metadata names its environment variable:
 ``field(default=60, metadata={"env": "TOKENIZATION_POLLING_INTERVAL_SECS"})``. Nested sections are

@@ -1,6 +1,6 @@
 """`sim run` settings: simulator.yaml < environment < command-line flags (runtime.config).
 
-The YAML keeps the seed simulator's shape, with the HTTP gateway replaced by the MQTT broker:
+The YAML keeps the GridTokenX simulator's shape, with the HTTP gateway replaced by the MQTT broker:
 
     broker:   {url: mqtt://127.0.0.1:1883, connections: 0}
     meter:    {ids: [M-00001], count: null, reading_interval_seconds: 900, format: v1}

@@ -18,4 +18,4 @@ MINTED_READINGS = Counter("gridtokenx_minted_readings_total", "Readings marked m
 MINTED_UNITS = Counter("gridtokenx_minted_base_units_total", "Token base units confirmed minted")
 BATCHES = Counter("gridtokenx_mint_batches_total", "Mint batches by outcome", ["outcome"])
 DEAD_LETTER = Counter("gridtokenx_dead_letter_total", "Readings moved to manual review")
-ALERT = Gauge("gridtokenx_alert", "1 when the seed guide's alert threshold is crossed", ["name"])
+ALERT = Gauge("gridtokenx_alert", "1 when the GridTokenX Phase 2 guide's alert threshold is crossed", ["name"])

@@ -1,4 +1,4 @@
-"""The seed guide's four key metrics and its alert thresholds, from the database."""
+"""The GridTokenX Phase 2 guide's four key metrics and its alert thresholds, from the database."""
 
 from __future__ import annotations
 

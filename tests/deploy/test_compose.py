@@ -34,7 +34,7 @@ COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 OUR_IMAGE = "gridtokenx-edge:latest"
 
-#: The seed guide's .env block (Step 3: Configuration), every name.
+#: The GridTokenX Phase 2 guide's .env block (Step 3: Configuration), every name.
 SEED_VARS = (
     "DATABASE_URL", "SOLANA_RPC_URL", "SOLANA_WS_URL", "REGISTRY_PROGRAM_ID", "ENERGY_TOKEN_PROGRAM_ID",
     "TOKENIZATION_KWH_TO_TOKEN_RATIO", "TOKENIZATION_DECIMALS", "TOKENIZATION_AUTO_MINT_ENABLED",
@@ -239,7 +239,7 @@ def test_env_example_documents_every_variable() -> None:
     missing = every_loader_var() - listed
     assert not missing, f".env.example lacks {sorted(missing)} (read by a settings loader)"
     for var in SEED_VARS:
-        assert var in values, f".env.example lacks the seed guide's {var}"
+        assert var in values, f".env.example lacks the GridTokenX Phase 2 guide's {var}"
     compose_text = (REPO / "docker-compose.yml").read_text()
     loader_vars = every_loader_var()
     for var in values:
@@ -305,7 +305,7 @@ def test_dashboard_and_alerts_use_the_interface_metric_names() -> None:
     dashboards_dir = provider["providers"][0]["options"]["path"]
     assert any(m.endswith(f":{dashboards_dir}:ro") and m.startswith("./deploy/grafana/dashboards")
                for m in SERVICES["grafana"]["volumes"])
-    # The seed's four alert thresholds are all there.
+    # The GridTokenX Phase 2 guide's four alert thresholds are all there.
     joined = "\n".join(alert_exprs)
     for expr in ("gridtokenx_unminted_backlog > 100", "gridtokenx_minting_success_rate < 95",
                  "gridtokenx_minting_latency_avg_seconds > 120", "gridtokenx_retry_queue_size > 50"):

@@ -22,7 +22,7 @@ from tests.simulator.checks import classify, registry
 from tests.simulator.conftest import Fleet, finish, subscriber
 
 DAY = 86_400
-#: The seed's defaults: 100 kWh per reading, 7 days, 5 minutes of clock skew.
+#: The GridTokenX Phase 2 guide's defaults: 100 kWh per reading, 7 days, 5 minutes of clock skew.
 LIMITS = Limits(max_reading_wh=100_000, max_age_secs=7 * DAY, clock_skew_secs=300)
 
 Judged = tuple[Counter[str], dict[str, set[tuple[str, int]]], dict[str, dict[int, Reading]]]
