@@ -16,13 +16,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from cloud.errors import CloudError
+
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 _LOCK_KEY = 0x6774786D  # 'gtxm'
 
 
-class MigrationError(RuntimeError):
+class MigrationError(CloudError):
     pass
 
 

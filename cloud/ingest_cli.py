@@ -23,8 +23,9 @@ from cloud.settings import CloudSettings
 from protocol import meters_csv
 from runtime import logs
 from runtime.config import ConfigError, load
+from runtime.errors import RuntimeFailure
 from runtime.observability import ObservabilityServer
-from runtime.runner import RuntimeFailure, run_component
+from runtime.runner import run_component
 
 T = TypeVar("T")
 log = logging.getLogger("cloud.ingest")

@@ -49,7 +49,7 @@ def _emit(doc: dict[str, Any]) -> None:
 
 # -- mint ------------------------------------------------------------------------------------
 @click.command(help="Mint now: the given readings, or every unminted reading of one meter. Works with "
-               "auto-mint off (the GridTokenX Phase 2 guide's phases 1-2) and for dead-lettered readings. If a minter is "
+               "auto-mint off (the Phase 2 guide's phases 1-2) and for dead-lettered readings. If a minter is "
                "running it serves the request; otherwise this command talks to the chain itself.")
 @click.option("--reading", "reading_ids", type=int, multiple=True, help="meter_readings.id (repeatable)")
 @click.option("--meter", "meter_id", help="mint all unminted readings of this meter")

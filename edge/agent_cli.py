@@ -13,7 +13,8 @@ from edge.settings import POLICIES, EdgeSettings
 from protocol.meters_csv import MetersCsvError
 from runtime import logs
 from runtime.config import ConfigError, load
-from runtime.runner import RuntimeFailure, run_component
+from runtime.errors import RuntimeFailure
+from runtime.runner import run_component
 
 
 @click.command("run", help=(

@@ -158,7 +158,7 @@ def demo(meters: int, duration: float, speed: float, interval: int, faults: bool
     console = Console(stderr=as_json)
     decimals, ratio_text = 9, "1.0"
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    # Minting keeps up with the fleet: the GridTokenX Phase 2 guide's 50 readings per 60 s poll would take minutes to drain
+    # Minting keeps up with the fleet: the Phase 2 guide's 50 readings per 60 s poll would take minutes to drain
     # a simulated day of 50 meters. Polling every 1 s with up to 2,000 readings per poll keeps it live.
     options = StackOptions(meters=meters, workdir=workdir / stamp, keep_database=keep_database,
                            cloud_env={"TOKENIZATION_BATCH_SIZE": "2000", "TOKENIZATION_POLLING_INTERVAL_SECS": "1"})

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cloud.db import create_scratch_database, drop_database
+from gridtokenx.errors import GridtokenxError
 from gridtokenx.harness.brokers import Mosquitto, free_port
 from gridtokenx.harness.processes import Proc, gridtokenx_cmd
 from protocol.keys import decode_key
@@ -29,7 +30,7 @@ GATEWAY_ID = "gw-1"
 DEFAULT_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
-class StackError(RuntimeError):
+class StackError(GridtokenxError):
     pass
 
 

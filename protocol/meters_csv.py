@@ -14,6 +14,7 @@ from pathlib import Path
 
 import base58
 
+from protocol.errors import ProtocolFailure
 from protocol.reading import METER_ID_RE
 
 COLUMNS = ("meter_id", "public_key", "wallet_address", "meter_type", "capacity_w")
@@ -91,7 +92,7 @@ def parse(text: str) -> tuple[list[MeterRow], list[RowError]]:
     return rows, errors
 
 
-class MetersCsvError(ValueError):
+class MetersCsvError(ProtocolFailure):
     """A meters.csv that cannot serve as a key source; the message is one sentence with the fix."""
 
 

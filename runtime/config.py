@@ -19,10 +19,12 @@ from urllib.parse import unquote, urlsplit
 
 import yaml
 
+from runtime.errors import RuntimeFailure
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(RuntimeFailure, ValueError):
     """A configuration value is missing or wrong; the message says which and how to fix it."""
 
 

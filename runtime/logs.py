@@ -1,4 +1,4 @@
-"""Logging as the GridTokenX Phase 2 guide expects: stdout, optionally `logs/app.log` (rotating), plain or JSON lines."""
+"""Logging as the GridTokenX Phase 2 guide expects: stdout, optionally `logs/app.log` (rotating), plain or JSON."""
 
 from __future__ import annotations
 

@@ -17,14 +17,12 @@ import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
+from runtime.errors import RuntimeFailure
+
 log = logging.getLogger("runtime.runner")
 
 T = TypeVar("T")
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
-class RuntimeFailure(Exception):
-    """Root of this package's errors."""
 
 
 class DrainTimeout(RuntimeFailure):

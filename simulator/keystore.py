@@ -20,13 +20,14 @@ from protocol.keys import MeterKey, decode_key, encode_key
 from protocol.meters_csv import MeterRow
 from protocol.wire import secret_key_from_seed
 from runtime.files import write_atomic
+from simulator.errors import SimulatorError
 from simulator.models import CAPACITY_RANGE_W, MIX, MeterType, unit
 
 CSV_NAME = "meters.csv"
 KEY_SUFFIX = ".key"
 
 
-class KeyStoreError(ValueError):
+class KeyStoreError(SimulatorError):
     """The key directory is missing, unreadable or inconsistent; the message says how to fix it."""
 
 

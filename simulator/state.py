@@ -13,6 +13,7 @@ import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 
+from simulator.errors import SimulatorError
 from simulator.faults import Fault
 from simulator.meter import MeterState, Outgoing
 
@@ -27,7 +28,7 @@ CREATE TABLE IF NOT EXISTS outbox (
 """
 
 
-class StateError(ValueError):
+class StateError(SimulatorError):
     """The state file belongs to an incompatible run; the message says how to proceed."""
 
 

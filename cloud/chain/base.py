@@ -14,8 +14,10 @@ from solders.hash import Hash
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
+from cloud.errors import CloudError
 
-class ChainError(Exception):
+
+class ChainError(CloudError):
     """Base for chain backend errors."""
 
 

@@ -31,13 +31,14 @@ from solders.transaction import VersionedTransaction
 
 from cloud.chain.svm import SvmLedger, TxRecord, TxRefused
 from cloud.chain.tokens import decode_mint_supply, decode_token_amount
+from cloud.errors import CloudError
 
 log = logging.getLogger(__name__)
 
 Params = list[Any]
 
 
-class RpcError(Exception):
+class RpcError(CloudError):
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
         self.code = code
@@ -257,7 +258,7 @@ class Localnet:
         return self._ctx(_ui_amount(decode_mint_supply(data), data[44]))
 
 
-class TimeoutAfterLand(Exception):
+class TimeoutAfterLand(CloudError):
     def __init__(self, signature: str) -> None:
         super().__init__(signature)
         self.signature = signature

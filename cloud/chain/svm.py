@@ -31,12 +31,14 @@ from solders.pubkey import Pubkey
 from solders.transaction import VersionedTransaction
 from solders.transaction_metadata import FailedTransactionMetadata
 
+from cloud.errors import CloudError
+
 MEMO_PROGRAM_ID = Pubkey.from_string("Memo1UhkJRfHyvLMcVucJwxXeuD728EqVDDwQDxFMNo")
 DEFAULT_BLOCKHASH_TTL = 150  # slots, as on mainnet (MAX_PROCESSING_AGE)
 COMPACT_AFTER_LINES = 5000  # journal lines at start beyond which it is rewritten as a snapshot
 
 
-class TxRefused(Exception):
+class TxRefused(CloudError):
     """The transaction was not processed at all (bad blockhash, already processed, bad signature)."""
 
     def __init__(self, reason: str) -> None:

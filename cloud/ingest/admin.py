@@ -13,12 +13,13 @@ from typing import Literal
 
 import asyncpg
 
+from cloud.errors import CloudError
 from protocol.meters_csv import MeterRow
 
 Status = Literal["active", "suspended", "revoked", "quarantined"]
 
 
-class AdminError(Exception):
+class AdminError(CloudError):
     """A registry change that cannot be made; the message says why and what to do instead."""
 
 

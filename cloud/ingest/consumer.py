@@ -23,6 +23,7 @@ import asyncpg
 import msgspec
 
 from cloud.db import create_pool
+from cloud.errors import CloudError
 from cloud.ingest.metrics import IngestMetrics
 from cloud.ingest.pipeline import Parsed, Plan, classify, parse_items, verify_signatures
 from cloud.ingest.registry import Registry
@@ -235,7 +236,7 @@ class IngestConsumer:
         return plan
 
 
-class Abandoned(Exception):
+class Abandoned(CloudError):
     """Stopping while the database is unreachable: the batch is left unacked for the edge to re-send."""
 
     def __init__(self, batch_id: str) -> None:

@@ -43,7 +43,7 @@ def _guard(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (db.BufferError, signatures.KeysError, FilterError) as exc:
+        except (db.BufferUnusable, signatures.KeysError, FilterError) as exc:
             raise click.ClickException(str(exc)) from None
         except sqlite3.OperationalError as exc:
             raise click.ClickException(f"the buffer could not be read ({exc}); retry, or copy the file "

@@ -1,7 +1,7 @@
 """Opening a buffer file safely: read-only WAL reader, or a short-lived writer for maintenance.
 
 Every way a file can be wrong (missing, not SQLite, not a buffer, newer schema) becomes one
-`BufferError` sentence that the CLI prints without a traceback.
+`BufferUnusable` sentence that the CLI prints without a traceback.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from edge.errors import EdgeError
+
 #: The buffer schema version this inspector understands (edge/schema.sql, PRAGMA user_version).
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
@@ -21,7 +23,7 @@ DEFAULT_BUFFER = "./edge-buffer.sqlite"
 BUFFER_ENV = "GRIDTOKENX_EDGE_BUFFER"
 
 
-class BufferError(Exception):
+class BufferUnusable(EdgeError):
     """The buffer cannot be used; the message is one sentence saying why and what to do."""
 
 
@@ -39,9 +41,9 @@ def default_buffer_path() -> str:
 
 def _check_file(path: Path) -> None:
     if not path.exists():
-        raise BufferError(f"{path} does not exist; pass the agent's buffer with --db PATH or set {BUFFER_ENV}.")
+        raise BufferUnusable(f"{path} does not exist; pass the agent's buffer with --db PATH or set {BUFFER_ENV}.")
     if path.is_dir():
-        raise BufferError(f"{path} is a directory, not a buffer file; pass the .sqlite file with --db PATH.")
+        raise BufferUnusable(f"{path} is a directory, not a buffer file; pass the .sqlite file with --db PATH.")
 
 
 def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
@@ -50,16 +52,16 @@ def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.DatabaseError as exc:
         if "not a database" in str(exc) or "malformed" in str(exc):
-            raise BufferError(f"{path} is not an SQLite database (or is corrupt); check the --db path.") from exc
-        raise BufferError(f"{path} cannot be read: {exc}.") from exc
+            raise BufferUnusable(f"{path} is not an SQLite database (or is corrupt); check the --db path.") from exc
+        raise BufferUnusable(f"{path} cannot be read: {exc}.") from exc
     if version > SCHEMA_VERSION:
-        raise BufferError(
+        raise BufferUnusable(
             f"{path} was written by a newer edge agent (buffer schema version {version}, this inspector "
             f"reads version {SCHEMA_VERSION}); upgrade gridtokenx to inspect it."
         )
     missing = {"readings", "quarantine", "drops", "batches", "counters"} - tables
     if missing:
-        raise BufferError(
+        raise BufferUnusable(
             f"{path} is an SQLite file but not an edge buffer (no {', '.join(sorted(missing))} table); "
             "check the --db path."
         )
@@ -69,7 +71,7 @@ def _connect(uri: str, path: Path) -> sqlite3.Connection:
     try:
         return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
     except sqlite3.Error as exc:
-        raise BufferError(f"{path} cannot be opened: {exc}; check its permissions.") from exc
+        raise BufferUnusable(f"{path} cannot be opened: {exc}; check its permissions.") from exc
 
 
 def open_readonly(path: str | Path) -> sqlite3.Connection:
@@ -82,14 +84,14 @@ def open_readonly(path: str | Path) -> sqlite3.Connection:
     conn = _connect(path.resolve().as_uri() + "?mode=ro", path)
     try:
         _check_schema(conn, path)
-    except BufferError:
+    except BufferUnusable:
         conn.close()
         if os.access(path.parent, os.W_OK):
             raise
         conn = _connect(path.resolve().as_uri() + "?mode=ro&immutable=1", path)
         try:
             _check_schema(conn, path)
-        except BufferError:
+        except BufferUnusable:
             conn.close()
             raise
     return conn
@@ -103,7 +105,7 @@ def open_writer(path: str | Path) -> sqlite3.Connection:
     try:
         _check_schema(conn, path)
         conn.execute(f"PRAGMA busy_timeout = {WRITE_BUSY_TIMEOUT_MS}")
-    except BufferError:
+    except BufferUnusable:
         conn.close()
         raise
     return conn
@@ -115,7 +117,7 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     try:
         conn.execute("BEGIN IMMEDIATE")
     except sqlite3.OperationalError as exc:
-        raise BufferError(
+        raise BufferUnusable(
             f"the buffer stayed locked for {WRITE_BUSY_TIMEOUT_MS / 1000:.0f} s ({exc}); retry, or stop the agent."
         ) from exc
     try:

@@ -60,7 +60,7 @@ def run(cfg: DoctorConfig) -> list[Check]:
 def _buffer_checks(cfg: DoctorConfig) -> list[Check]:
     try:
         conn = db.open_readonly(cfg.buffer)
-    except db.BufferError as exc:
+    except db.BufferUnusable as exc:
         return [Check("buffer", "FAIL", str(exc), "start the agent once to create it, or pass the right --db"),
                 _disk(cfg.buffer)]
     try:

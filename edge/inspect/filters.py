@@ -7,13 +7,14 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
+from edge.errors import EdgeError
 from edge.inspect.models import READING_STATES, SOURCES, Source
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-class FilterError(ValueError):
+class FilterError(EdgeError, ValueError):
     """A filter value the user typed is wrong; the message says what is accepted."""
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import base58
 import msgspec
 
+from edge.errors import EdgeError
 from edge.inspect.models import SignatureStatus
 from protocol import ProtocolError, parse_payload, verify_signed
 from protocol.keys import decode_key
@@ -14,7 +15,7 @@ from protocol.meters_csv import MetersCsvError, read_public_keys
 from protocol.reading import SignedReading
 
 
-class KeysError(Exception):
+class KeysError(EdgeError):
     """The --keys source cannot be read; the message is one sentence with the fix."""
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from gridtokenx.errors import GridtokenxError
 from runtime.files import write_atomic
 
 Role = Literal["edge", "cloud"]
@@ -34,7 +35,7 @@ PBKDF2_ITERATIONS = 101  # mosquitto_passwd's default
 CLIENT_CERT_LINES = ("# require_certificate true", "# use_identity_as_username true")
 
 
-class BrokerError(RuntimeError):
+class BrokerError(GridtokenxError):
     pass
 
 

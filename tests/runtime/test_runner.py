@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 CHILD = textwrap.dedent("""
     import asyncio, sys
-    from runtime.runner import RuntimeFailure, run_component
+    from runtime.errors import RuntimeFailure
+    from runtime.runner import run_component
 
     async def work(stop):
         print("ready", flush=True)
