@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
@@ -27,87 +26,81 @@ RAINY_DAY = 1_781_956_800     # 2026-06-20T12:00:00Z, rain
 
 
 @pytest.mark.parametrize("now", [SUMMER_NOON, WINTER_NIGHT, RAINY_DAY], ids=["summer-noon", "winter-night", "rain"])
-def test_a_simulated_day_delivers_every_reading_signed_and_continuous(
+async def test_a_simulated_day_delivers_every_reading_signed_and_continuous(
         fleet_factory: Callable[..., Fleet], now: int) -> None:
     fleet = fleet_factory(6)
     # One simulated day (96 readings of 15 min per meter) in 2 real seconds, ending at the injected instant.
     settings = fleet.settings(speed=DAY / 2, duration=2.0)
 
-    async def scenario() -> None:
-        async with subscriber(fleet.broker) as received:
-            report = await run_fleet(settings, clock=lambda: float(now))
-            await finish(fleet.broker, fleet.keys[0], received)
+    async with subscriber(fleet.broker) as received:
+        report = await run_fleet(settings, clock=lambda: float(now))
+        await finish(fleet.broker, fleet.keys[0], received)
 
-        assert report.errors == {}
-        assert report.acked == report.published == 6 * 96
-        assert len(received.messages) == 6 * 96
-        series = verified_series(received.messages, registry(fleet.keys_dir))
-        assert series.duplicates == 0
-        assert sorted(series.readings) == [k.meter_id for k in fleet.keys]
-        for meter_id, readings in series.readings.items():
-            assert sorted(readings) == list(range(1, 97))
-            assert_continuous(readings)
-            ends = [r.reading.end for r in readings.values()]
-            # Anchored so the last interval ends no later than the clock (the cloud's in_future rule).
-            assert max(ends) <= now and min(ends) >= now - DAY - 900
-            totals = report.per_meter[meter_id]
-            assert (totals.readings, totals.first_seq, totals.last_seq) == (96, 1, 96)
-            assert totals.export_wh == sum(r.reading.export_wh for r in readings.values())
-            assert totals.last_register_wh == readings[96].reading.export_register_wh
-        # Consumers import only, whatever the weather; on a sunny day every solar or hybrid meter exports.
-        kinds = {k.meter_id: k.meter_type for k in fleet.keys}
-        for meter_id, readings in series.readings.items():
-            exported = sum(r.reading.export_wh for r in readings.values())
-            if kinds[meter_id] == "consumer":
-                assert exported == 0, (meter_id, exported)
-            elif now == SUMMER_NOON and kinds[meter_id] in ("solar", "hybrid"):
-                assert exported > 0, (meter_id, kinds[meter_id], exported)
-
-    asyncio.run(scenario())
+    assert report.errors == {}
+    assert report.acked == report.published == 6 * 96
+    assert len(received.messages) == 6 * 96
+    series = verified_series(received.messages, registry(fleet.keys_dir))
+    assert series.duplicates == 0
+    assert sorted(series.readings) == [k.meter_id for k in fleet.keys]
+    for meter_id, readings in series.readings.items():
+        assert sorted(readings) == list(range(1, 97))
+        assert_continuous(readings)
+        ends = [r.reading.end for r in readings.values()]
+        # Anchored so the last interval ends no later than the clock (the cloud's in_future rule).
+        assert max(ends) <= now and min(ends) >= now - DAY - 900
+        totals = report.per_meter[meter_id]
+        assert (totals.readings, totals.first_seq, totals.last_seq) == (96, 1, 96)
+        assert totals.export_wh == sum(r.reading.export_wh for r in readings.values())
+        assert totals.last_register_wh == readings[96].reading.export_register_wh
+    # Consumers import only, whatever the weather; on a sunny day every solar or hybrid meter exports.
+    kinds = {k.meter_id: k.meter_type for k in fleet.keys}
+    for meter_id, readings in series.readings.items():
+        exported = sum(r.reading.export_wh for r in readings.values())
+        if kinds[meter_id] == "consumer":
+            assert exported == 0, (meter_id, exported)
+        elif now == SUMMER_NOON and kinds[meter_id] in ("solar", "hybrid"):
+            assert exported > 0, (meter_id, kinds[meter_id], exported)
 
 
-def test_fleet_user_multiplexes_meters_over_few_connections(fleet_factory: Callable[..., Fleet]) -> None:
+
+async def test_fleet_user_multiplexes_meters_over_few_connections(fleet_factory: Callable[..., Fleet]) -> None:
     fleet = fleet_factory(8)
     settings = fleet.settings(speed=DAY / 2, duration=1.0)
     settings = dataclasses.replace(settings, broker=dataclasses.replace(
         settings.broker, connections=2, fleet_user="sim-fleet", fleet_password=fleet.fleet_password))
 
-    async def scenario() -> None:
-        async with subscriber(fleet.broker) as received:
-            report = await run_fleet(settings)
-            await finish(fleet.broker, fleet.keys[0], received)
-        assert report.connections == 2 and report.errors == {}
-        assert len(received.messages) == report.acked == 8 * 48
-        series = verified_series(received.messages, registry(fleet.keys_dir))
-        for readings in series.readings.values():
-            assert sorted(readings) == list(range(1, 49))
-            assert_continuous(readings)
-
-    asyncio.run(scenario())
+    async with subscriber(fleet.broker) as received:
+        report = await run_fleet(settings)
+        await finish(fleet.broker, fleet.keys[0], received)
+    assert report.connections == 2 and report.errors == {}
+    assert len(received.messages) == report.acked == 8 * 48
+    series = verified_series(received.messages, registry(fleet.keys_dir))
+    for readings in series.readings.values():
+        assert sorted(readings) == list(range(1, 49))
+        assert_continuous(readings)
 
 
-def test_legacy_format_signs_the_gateway_string(fleet_factory: Callable[..., Fleet]) -> None:
+
+async def test_legacy_format_signs_the_gateway_string(fleet_factory: Callable[..., Fleet]) -> None:
     fleet = fleet_factory(3, "solar")
     settings = fleet.settings(speed=DAY / 4, duration=1.0,
                               meter=MeterSettings(reading_interval_seconds=300, format="legacy"))
 
-    async def scenario() -> None:
-        async with subscriber(fleet.broker) as received:
-            report = await run_fleet(settings)
-            await finish(fleet.broker, fleet.keys[0], received)
-        assert len(received.messages) == report.acked == 3 * 72
-        series = verified_series(received.messages, registry(fleet.keys_dir))
-        wallets = {k.meter_id: k.wallet_address for k in load_keys(fleet.keys_dir)}
-        for meter_id, readings in series.readings.items():
-            assert {r.format for r in readings.values()} == {"legacy"}
-            assert {r.claimed_wallet for r in readings.values()} == {wallets[meter_id]}
-            assert_continuous(readings, step=300)  # legacy seq is the timestamp
-            assert report.per_meter[meter_id].export_wh == sum(r.reading.export_wh for r in readings.values())
-
-    asyncio.run(scenario())
+    async with subscriber(fleet.broker) as received:
+        report = await run_fleet(settings)
+        await finish(fleet.broker, fleet.keys[0], received)
+    assert len(received.messages) == report.acked == 3 * 72
+    series = verified_series(received.messages, registry(fleet.keys_dir))
+    wallets = {k.meter_id: k.wallet_address for k in load_keys(fleet.keys_dir)}
+    for meter_id, readings in series.readings.items():
+        assert {r.format for r in readings.values()} == {"legacy"}
+        assert {r.claimed_wallet for r in readings.values()} == {wallets[meter_id]}
+        assert_continuous(readings, step=300)  # legacy seq is the timestamp
+        assert report.per_meter[meter_id].export_wh == sum(r.reading.export_wh for r in readings.values())
 
 
-def test_meters_publish_over_tls(tmp_path: Path, broker_factory: BrokerFactory) -> None:
+
+async def test_meters_publish_over_tls(tmp_path: Path, broker_factory: BrokerFactory) -> None:
     keygen(tmp_path / "keys", 2, seed=9)
     keys = load_keys(tmp_path / "keys")
     certs = generate_dev_certs(tmp_path / "certs")
@@ -118,11 +111,9 @@ def test_meters_publish_over_tls(tmp_path: Path, broker_factory: BrokerFactory) 
         broker=BrokerSettings(url=f"mqtts://localhost:{tls_port}", ca_file=certs / "ca.crt"),
         signing=SigningSettings(keys_dir=tmp_path / "keys"), run=RunSettings(speed=DAY / 2, duration=1.0))
 
-    async def scenario() -> None:
-        async with subscriber(broker) as received:
-            report = await run_fleet(settings)
-            await finish(broker, keys[0], received)
-        assert report.errors == {} and report.acked == len(received.messages) == 2 * 48
-        verified_series(received.messages, registry(tmp_path / "keys"))
+    async with subscriber(broker) as received:
+        report = await run_fleet(settings)
+        await finish(broker, keys[0], received)
+    assert report.errors == {} and report.acked == len(received.messages) == 2 * 48
+    verified_series(received.messages, registry(tmp_path / "keys"))
 
-    asyncio.run(scenario())
