@@ -60,9 +60,15 @@ async def run_agent(settings: EdgeSettings, stopping: asyncio.Event) -> int:
     writer.on_failure = writer_failed
 
     def health() -> dict[str, Any]:
+        # Healthy = meters' readings are being taken and committed. A cloud outage is the agent's job
+        # (store and forward), so it shows in the ages and connection flags, not as 503.
         c = buffer.counts
+        oldest = buffer.oldest_pending_at
+        last_ack = forwarder.last_ack_at
         return {"healthy": writer.alive and receiver.connected, "edge_connected": receiver.connected,
                 "cloud_connected": forwarder.connected, "writer_alive": writer.alive,
+                "oldest_pending_age_s": round(time.time() - oldest, 1) if oldest else None,
+                "last_cloud_ack_age_s": round(time.monotonic() - last_ack, 1) if last_ack else None,
                 "pending": c.pending, "inflight": c.inflight, "rejected": c.rejected,
                 "batches_in_flight": forwarder.in_flight, "gateway_id": settings.gateway_id}
 

@@ -49,6 +49,8 @@ class Forwarder:
         self._changed = asyncio.Event()
         self._stopping = False
         self.connected = False
+        self.last_ack_at: float | None = None
+        """monotonic time of the last ack applied: /healthz reports its age."""
         self._batches_topic = topics.batches(settings.gateway_id)
         self._acks_topic = topics.acks(settings.gateway_id)
 
@@ -243,6 +245,7 @@ class Forwarder:
         # drops (and this task is cancelled) while the writer applies it.
         outcome: AckOutcome = await asyncio.shield(asyncio.ensure_future(self._writer.call(
             lambda b: b.apply_ack(ack.batch_id, ack.results, time.time(), whole_batch_ok=whole))))
+        self.last_ack_at = time.monotonic()
         if flight is not None:
             self._m.forward_latency.observe(time.monotonic() - flight.first_sent)
         self._m.batches_in_flight.set(len(self._inflight))

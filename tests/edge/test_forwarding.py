@@ -21,6 +21,9 @@ def test_readings_reach_the_cloud_and_leave_the_buffer(rig: Rig, agent_factory: 
         assert metrics["gridtokenx_edge_received_total"] == 1000
         assert metrics["gridtokenx_edge_acked_total"] == 1000
         assert metrics['gridtokenx_edge_buffer_rows{state="pending"}'] == 0
+        health = agent.health()
+        assert health["healthy"] and health["cloud_connected"] and health["oldest_pending_age_s"] is None
+        assert 0 <= health["last_cloud_ack_age_s"] < 30
         assert agent.terminate() == 0
     for m in meters:
         assert cloud.seen.order[m.meter_id] == list(range(100))
