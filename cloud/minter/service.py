@@ -16,7 +16,6 @@ and each batch's amounts are computed from its meters' confirmed ledger (docs/mi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -178,7 +177,7 @@ class Minter:
     async def run(self, stop: asyncio.Event) -> None:
         tok = self.settings.tokenization
         next_poll = 0.0
-        failures = 0
+        failures = Backoff(1.0, 30.0)
         open_count = 0
         while not stop.is_set():
             try:
@@ -193,20 +192,15 @@ class Minter:
                     await self.refresh_metrics()
                 await self.serve_requests()
                 open_count = await self.drive()
-                failures = 0
+                failures.reset()
+                # Open batches are driven every confirm poll; manual requests are looked for every second.
+                delay = self.settings.chain.confirm_poll_secs if open_count else \
+                    min(max(0.0, next_poll - time.monotonic()), 1.0)
             except (TimeoutError, ChainError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                failures += 1
-                level = logging.WARNING if failures == 1 else logging.DEBUG
+                level = logging.WARNING if failures.attempt == 0 else logging.DEBUG
                 log.log(level, "minter pass failed (%s: %s); retrying", type(exc).__name__, exc)
-            if failures:
-                delay = min(0.5 * 2 ** min(failures, 6), 30.0)
-            elif open_count:
-                delay = self.settings.chain.confirm_poll_secs
-            else:
-                # Manual requests are looked for at least every second.
-                delay = min(max(0.0, next_poll - time.monotonic()), 1.0)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=max(delay, 0.01))
+                delay = failures.next()
+            await pause(stop, max(delay, 0.01))
         await self._drain()
 
     async def _drain(self) -> None:
