@@ -24,9 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from runtime import assets
+
 Role = Literal["edge", "cloud"]
 
-CONFIG_ROOT = Path(__file__).resolve().parents[2] / "broker-config"
+#: broker-config/ of the checkout, or its copy in the installed wheel (runtime/assets.py).
+CONFIG_ROOT = assets.locate("broker-config")
 PBKDF2_ITERATIONS = 101  # mosquitto_passwd's default
 #: The commented-out client-certificate lines of the TLS listener in broker-config/*/mosquitto.conf.
 CLIENT_CERT_LINES = ("# require_certificate true", "# use_identity_as_username true")
