@@ -15,6 +15,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -35,6 +36,14 @@ DEFAULT_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 class StackError(RuntimeError):
     pass
+
+
+class Interrupted(SystemExit):
+    """SIGTERM or SIGINT reached an orchestrator: unwind (the `with Stack` block stops every process)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
 
 
 def gridtokenx_cmd(*args: str) -> list[str]:
@@ -151,6 +160,8 @@ class Stack:
         self.cloud_broker: Mosquitto | None = None
         self.base_env = {k: v for k, v in os.environ.items() if not k.startswith(("TOKENIZATION_", "GRIDTOKENX_"))}
         self.base_env["PYTHONUNBUFFERED"] = "1"
+        self._closing = False
+        self._old_handlers: dict[int, Any] = {}
         self.secrets = {"edge-agent": secrets.token_urlsafe(12), "edge-inspector": secrets.token_urlsafe(12),
                         "cloud-consumer": secrets.token_urlsafe(12), GATEWAY_ID: secrets.token_urlsafe(12)}
 
@@ -260,6 +271,7 @@ class Stack:
 
     # -- shutdown -----------------------------------------------------------------------------------------
     def close(self) -> None:
+        self._closing = True
         for proc in reversed(list(self.procs.values())):
             proc.stop(timeout=15)
         for broker in (self.edge_broker, self.cloud_broker):
@@ -269,11 +281,35 @@ class Stack:
             with contextlib.suppress(Exception):
                 asyncio.run(drop_database(self.options.admin_dsn, self.database))
 
+    def kill_all(self) -> None:
+        """SIGKILL every process group started here (a second signal during `close`)."""
+        for proc in self.procs.values():
+            proc.kill9()
+        for broker in (self.edge_broker, self.cloud_broker):
+            if broker is not None:
+                broker.kill()
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if self._closing:  # a second signal while stopping: no more waiting, but still no orphans
+            self.kill_all()
+            os._exit(128 + signum)
+        raise Interrupted(signum)
+
     def __enter__(self) -> Stack:
+        """Children run in their own sessions (a terminal's Ctrl-C reaches only us), so SIGTERM and SIGINT
+        become `Interrupted`, which unwinds to `__exit__`; `close` then stops every process it started."""
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._old_handlers[signum] = signal.signal(signum, self._on_signal)
         return self
 
     def __exit__(self, *_exc: object) -> None:
-        self.close()
+        try:
+            self.close()
+        finally:
+            for signum, handler in self._old_handlers.items():
+                signal.signal(signum, handler)
+            self._old_handlers.clear()
 
 
 def _wait_port(port: int, proc: Proc, timeout: float = 60.0) -> None:
