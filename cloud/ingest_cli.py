@@ -24,7 +24,8 @@ from cloud.settings import CloudSettings
 from protocol import meters_csv
 from runtime import logs
 from runtime.config import ConfigError, load
-from runtime.observability import ObservabilityServer
+from runtime.observability import ListenError, ObservabilityServer
+from runtime.redact import redact_text, redact_url
 
 T = TypeVar("T")
 log = logging.getLogger("cloud.ingest")
@@ -46,6 +47,13 @@ def _run(coro: Coroutine[Any, Any, T], dsn: str) -> T:
     """Run `coro`, turning database trouble into one sentence with the fix."""
     try:
         return asyncio.run(coro)
+    except ListenError as exc:
+        raise click.ClickException(str(exc.strerror)) from None
+    except BaseExceptionGroup as group:  # from the service's TaskGroup: one sentence when the cause is known
+        known = _operator_error(group)
+        if known is None:
+            raise
+        raise click.ClickException(known) from None
     except asyncpg.UndefinedTableError as exc:
         raise click.ClickException(f"the database is not migrated ({exc}); run `gridtokenx cloud migrate`") from exc
     except (OSError, asyncpg.InvalidCatalogNameError, asyncpg.InvalidAuthorizationSpecificationError) as exc:
@@ -55,12 +63,25 @@ def _run(coro: Coroutine[Any, Any, T], dsn: str) -> T:
         raise click.ClickException(str(exc)) from exc
 
 
+def _operator_error(group: BaseExceptionGroup[Any]) -> str | None:
+    """The message of the first error an operator can act on (chain identity, migrations, config,
+    a busy port) inside a TaskGroup's ExceptionGroup, else None (a bug: keep the traceback)."""
+    from cloud.chain.base import ChainError
+
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            found = _operator_error(exc)
+            if found:
+                return found
+        elif isinstance(exc, ListenError):
+            return str(exc.strerror)
+        elif isinstance(exc, (ChainError, admin.AdminError, db.MigrationError, ConfigError)):
+            return redact_text(str(exc))
+    return None
+
+
 def _redact(dsn: str) -> str:
-    head, sep, tail = dsn.rpartition("@")
-    if not sep:
-        return dsn
-    scheme, _, userinfo = head.partition("://")
-    return f"{scheme}://{userinfo.split(':')[0]}:***@{tail}" if ":" in userinfo else dsn
+    return redact_url(dsn)
 
 
 async def _with_conn(dsn: str, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:

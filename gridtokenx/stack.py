@@ -29,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from cloud.db import create_scratch_database, drop_database
 from gridtokenx.harness.brokers import Mosquitto, free_port
 from protocol.keys import decode_key
+from runtime.redact import redact_text, redact_url
 
 GATEWAY_ID = "gw-1"
 DEFAULT_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -206,7 +207,8 @@ class Stack:
         try:
             self.database, self.database_url = await create_scratch_database(self.options.admin_dsn, "gridtokenx_")
         except (OSError, asyncpg.PostgresError) as exc:
-            raise StackError(f"PostgreSQL is not reachable at {self.options.admin_dsn} ({exc}); start it or set "
+            raise StackError(f"PostgreSQL is not reachable at {redact_url(self.options.admin_dsn)} "
+                             f"({redact_text(str(exc))}); start it or set "
                              "DATABASE_URL (./scripts/setup does both)") from exc
 
     # -- components ---------------------------------------------------------------------------------------
@@ -249,11 +251,13 @@ class Stack:
     def start_edge(self, name: str = "edge") -> Proc:
         port = free_port()
         assert self.edge_broker is not None and self.cloud_broker is not None
-        argv = gridtokenx_cmd("edge", "run", "--edge-broker-url", self.edge_broker.url_for("edge-agent"),
-                              "--cloud-broker-url", self.cloud_broker.url_for(GATEWAY_ID), "--gateway-id", GATEWAY_ID,
+        argv = gridtokenx_cmd("edge", "run", "--gateway-id", GATEWAY_ID,
                               "--buffer", str(self.workdir / "edge-buffer.sqlite"), "--metrics-port", str(port),
                               *self.options.edge_flags)
-        proc = self._proc(name, argv, {}, port)
+        # Broker URLs carry passwords: environment, never argv (visible to every user in `ps`).
+        env = {"GRIDTOKENX_EDGE_BROKER_URL": self.edge_broker.url_for("edge-agent"),
+               "GRIDTOKENX_CLOUD_BROKER_URL": self.cloud_broker.url_for(GATEWAY_ID)}
+        proc = self._proc(name, argv, env, port)
         _wait_port(port, proc)
         return proc
 

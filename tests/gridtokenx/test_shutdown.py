@@ -9,6 +9,7 @@ and minter running. The tests record the orchestrator's children
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import subprocess
 import sys
@@ -49,6 +50,9 @@ def _signal_when_running(argv: list[str], signum: int, *, components: int,
     try:
         # The simulator starts last: by then brokers and components run.
         children = wait_for(running, timeout=120, interval=0.2, message=f"{components} child processes")
+        for child in children:  # secrets travel in the environment, never on a command line (`ps` shows it)
+            with contextlib.suppress(psutil.Error):
+                assert not re.search(r"://[^/\s:@]+:[^/\s@]+@", " ".join(child.cmdline())), child.cmdline()
         proc.send_signal(signum)
         code = proc.wait(timeout=90)
     finally:

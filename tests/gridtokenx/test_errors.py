@@ -1,0 +1,83 @@
+"""Errors name the real cause in one sentence, and never print a secret."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runtime.redact import redact_text, redact_url
+
+SECRET = "s3cr3t-Pa55"
+
+
+def gtx(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("GRIDTOKENX_", "TOKENIZATION_", "DATABASE_URL"))}
+    return subprocess.run([sys.executable, "-m", "gridtokenx", *args], env=base | (env or {}), capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    (f"postgresql://postgres:{SECRET}@db:5432/gridtokenx", "postgresql://postgres:***@db:5432/gridtokenx"),
+    (f"mqtt://edge-agent:{SECRET}@127.0.0.1:1883", "mqtt://edge-agent:***@127.0.0.1:1883"),
+    (f"mqtts://gw-1:{SECRET.replace('-', '%40')}@cloud.example.net:8883", "mqtts://gw-1:***@cloud.example.net:8883"),
+    ("postgresql://postgres@127.0.0.1:5432/postgres", "postgresql://postgres@127.0.0.1:5432/postgres"),
+    (f"https://rpc.example.net/?api-key={SECRET}&commitment=confirmed",
+     "https://rpc.example.net/?api-key=***&commitment=confirmed"),
+    (f"mqtt://u:{SECRET}@host:notaport", "mqtt://u:***@host:notaport"),
+])
+def test_redact_url(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+    assert SECRET not in redact_text(f"failed to reach {url}: refused")
+
+
+def test_a_connection_error_never_prints_the_database_password() -> None:
+    dsn = f"postgresql://postgres:{SECRET}@127.0.0.1:1/gridtokenx"  # nothing listens on port 1
+    for args in (["cloud", "status"], ["cloud", "reconcile"], ["cloud", "why", "M-1:1"], ["cloud", "migrate"],
+                 ["cloud", "meters", "list"]):
+        result = gtx(*args, env={"DATABASE_URL": dsn})
+        assert result.returncode != 0, args
+        assert SECRET not in result.stdout + result.stderr, args
+        assert "postgres:***@127.0.0.1:1" in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr, args
+
+
+def test_an_invalid_broker_url_is_shown_without_its_password(tmp_path: Path) -> None:
+    bad = f"mqtt://edge-agent:{SECRET}@127.0.0.1:99999999"
+    edge = gtx("edge", "run", "--buffer", str(tmp_path / "b.db"), env={"GRIDTOKENX_EDGE_BROKER_URL": bad})
+    assert edge.returncode != 0
+    assert "has an invalid port" in edge.stderr and SECRET not in edge.stderr + edge.stdout
+
+
+def test_cloud_run_on_a_busy_port_says_the_port_not_postgres(database_url: str) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = gtx("cloud", "run", "--role", "ingest", "--port", str(port), "--host", "127.0.0.1",
+                     env={"DATABASE_URL": database_url, "GRIDTOKENX_CLOUD_BROKER_URL": "mqtt://127.0.0.1:1"})
+    assert result.returncode == 1
+    error = result.stderr.strip().splitlines()[-1]
+    assert f"cannot listen on 127.0.0.1:{port}" in error and "pick another port" in error, result.stderr
+    assert "PostgreSQL" not in result.stderr
+
+
+def test_a_mint_missing_from_the_cluster_is_one_sentence(database_url: str, tmp_path: Path) -> None:
+    """What `localnet` restarted elsewhere (a fresh ledger) looks like to the minter: its mint file names
+    a mint the cluster does not have. Before: a 60-line ExceptionGroup traceback."""
+    state = tmp_path / "chain"
+    state.mkdir()
+    (state / "mint.json").write_text(json.dumps({"mint": "So11111111111111111111111111111111111111112"[:-1] + "3",
+                                                 "decimals": 9}))
+    result = gtx("cloud", "run", "--role", "mint", "--port", "0", "--host", "127.0.0.1",
+                 env={"DATABASE_URL": database_url, "GRIDTOKENX_CHAIN_BACKEND": "embedded",
+                      "GRIDTOKENX_CHAIN_STATE_DIR": str(state)}, timeout=120)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and "ExceptionGroup" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: mint ") and "is not on this cluster" in last, result.stderr[-2000:]
