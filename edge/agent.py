@@ -22,6 +22,7 @@ from edge.receiver import Receiver
 from edge.screening import load_keys
 from edge.settings import EdgeSettings
 from edge.writer import Writer
+from runtime import sdnotify
 from runtime.observability import ObservabilityServer
 
 log = logging.getLogger("edge.agent")
@@ -84,6 +85,7 @@ async def run_agent(settings: EdgeSettings) -> int:
         async with asyncio.TaskGroup() as tg:
             forwarding = tg.create_task(forwarder.run())
             chores = tg.create_task(_housekeeping(writer, forwarder, stopping, settings.ttl_seconds))
+            tg.create_task(sdnotify.serve(lambda: writer.alive, stopping))  # systemd Type=notify + watchdog
             await stopping.wait()
             log.info("stopping: draining received messages and batches in flight")
             receiver.pause()
