@@ -366,3 +366,16 @@ def test_compose_file_is_valid_for_compose_v1_and_v2(tmp_path: Path) -> None:
                              "-f", str(REPO / "docker-compose.yml"), "config", "-q"],
                             capture_output=True, text=True, check=False, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_env_example_numbers_are_the_code_defaults() -> None:
+    """A tuning number in .env.example is the default it claims to show (COMMIT_MAX said 1000, code 500)."""
+    from cloud.settings import CloudSettings
+    from edge.settings import EdgeSettings
+
+    values, _ = env_example()
+    for settings in (EdgeSettings, CloudSettings):
+        for f in dataclasses.fields(settings):
+            name = f.metadata.get("env")
+            if name in values and f.type in ("int", "float", int, float) and "PORT" not in name:
+                assert float(values[name]) == float(f.default), f"{name}: .env.example {values[name]}, code {f.default}"
