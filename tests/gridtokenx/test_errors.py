@@ -81,3 +81,12 @@ def test_a_mint_missing_from_the_cluster_is_one_sentence(database_url: str, tmp_
     assert "Traceback" not in result.stderr and "ExceptionGroup" not in result.stderr, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("Error: mint ") and "is not on this cluster" in last, result.stderr[-2000:]
+
+
+def test_http_client_chatter_is_not_logged_at_info() -> None:
+    """httpx logged one INFO line per RPC call: 34 of a cloud run's 45 log lines."""
+    code = ("import logging; from runtime import logs; logs.setup(level='INFO'); "
+            "logging.getLogger('httpx').info('HTTP Request: POST http://127.0.0.1:8899 \"HTTP/1.1 200 OK\"'); "
+            "logging.getLogger('cloud').info('kept')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "kept" in result.stdout and "HTTP Request" not in result.stdout

@@ -90,6 +90,8 @@ def test_installed_wheel_migrates_and_runs_the_demo(wheel_venv: Path, database_u
     assert demo.returncode == 0, demo.stderr[-3000:]
     doc = json.loads(demo.stdout)
     assert doc["drift"] == 0 and doc["readings_accepted"] > 0
+    assert doc["database"]["name"].startswith("gridtokenx_") and doc["database"]["kept"] is False
+    assert doc["final"]["meters → edge broker"] == doc["simulator"]["published"] > 0
     assert (elsewhere / ".gridtokenx" / "demo").is_dir()  # the default workdir is relative to where it runs
 
 
