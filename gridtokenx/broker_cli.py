@@ -36,6 +36,7 @@ from gridtokenx.harness.brokers import (
     write_password_file,
 )
 from protocol.keys import MeterKey
+from protocol.meters_csv import SERVICE_ACCOUNTS
 from protocol.reading import METER_ID_RE
 from runtime.config import ConfigError, load
 
@@ -43,7 +44,8 @@ EDGE_AGENT = "edge-agent"
 EDGE_INSPECTOR = "edge-inspector"
 SIM_FLEET = "sim-fleet"
 CLOUD_CONSUMER = "cloud-consumer"
-SERVICE_USERS = frozenset({EDGE_AGENT, EDGE_INSPECTOR, SIM_FLEET, CLOUD_CONSUMER})
+SERVICE_USERS = SERVICE_ACCOUNTS  # the registry refuses these as meter ids too (protocol/meters_csv.py)
+assert frozenset({EDGE_AGENT, EDGE_INSPECTOR, SIM_FLEET, CLOUD_CONSUMER}) == SERVICE_USERS
 METERS_CSV_COLUMNS = ("meter_id", "public_key", "wallet_address", "meter_type", "capacity_w")
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -33,8 +34,17 @@ def _run(argv: list[str], *, cwd: Path, env: dict[str, str] | None = None,
 @pytest.fixture(scope="module")
 def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("wheel")
+    # Build from a copy of the checkout's files (tracked or new, not ignored): pip builds in the source
+    # tree, whose build/ would otherwise collect stale files and race with other runs.
+    source = base / "src"
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        if (REPO / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source / name)
     dist = base / "dist"
-    built = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(REPO)], cwd=base)
+    built = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(source)], cwd=base)
     assert built.returncode == 0, built.stderr[-3000:]
     (wheel,) = dist.glob("gridtokenx_edge-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
