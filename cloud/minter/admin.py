@@ -151,7 +151,10 @@ async def _explain(conn: asyncpg.Connection, settings: CloudSettings, reading: s
     else:
         return Explanation("unknown", f"{reading!r} is neither an id nor METER_ID:SEQ", {})
     if row is None:
-        return Explanation("unknown", f"no reading {reading} in the database (not received yet?)", {})
+        where = f" --meter {reading.rpartition(':')[0]}" if ":" in reading else ""
+        return Explanation("unknown", f"no reading {reading} in the database: not received yet, or held at the edge "
+                           f"(quarantined, rejected or dropped there: `gridtokenx edge inspect list{where}` on the "
+                           "gateway)", {})
     rid = row["id"]
     base = {"reading_id": rid, "meter_id": row["meter_id"], "seq": row["seq"], "wallet": row["wallet_address"],
             "export_wh": row["export_wh"]}

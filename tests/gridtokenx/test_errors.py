@@ -90,3 +90,10 @@ def test_http_client_chatter_is_not_logged_at_info() -> None:
             "logging.getLogger('cloud').info('kept')")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "kept" in result.stdout and "HTTP Request" not in result.stdout
+
+
+def test_why_for_a_reading_the_cloud_never_saw_points_at_the_edge(database_url: str) -> None:
+    """Before: 'not received yet?', with no pointer to where a quarantined reading actually is."""
+    assert gtx("cloud", "migrate", env={"DATABASE_URL": database_url}).returncode == 0
+    result = gtx("cloud", "why", "M-00007:12", env={"DATABASE_URL": database_url})
+    assert "gridtokenx edge inspect list --meter M-00007" in result.stdout + result.stderr
