@@ -4,10 +4,13 @@ credentials` from public material only (meter ids and MQTT passwords or their ha
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -149,3 +152,39 @@ def test_service_env_quotes_passwords() -> None:
     url = files["cloud-consumer"].split("=", 1)[1].strip()
     assert BrokerURL.parse(url).password == "p@ss:w/rd"
     assert urlsplit(url).port == 1884
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+def test_the_rendered_config_runs_as_an_ordinary_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What `broker run` does for a non-root user (this suite runs as root, whose Python the user
+    `nobody` cannot execute): the config has no `user root`, and Mosquitto started as that user reads
+    its 0600 password file and serves the credentials."""
+    with tempfile.TemporaryDirectory(prefix="gtx-nobody-") as top:  # pytest's tmp_path is 0700 root's
+        _run_as_nobody(Path(top), monkeypatch)
+
+
+def _run_as_nobody(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gridtokenx.harness.brokers import mosquitto_binary, render_config, write_password_file
+
+    workdir = tmp_path / "nobody"
+    workdir.mkdir()
+    monkeypatch.setattr(os, "geteuid", lambda: 65534)
+    conf = render_config("edge", workdir=workdir, port=(port := free_port()))
+    monkeypatch.undo()
+    assert "user root" not in conf.read_text()
+    write_password_file(workdir / "passwd", {"edge-agent": "agent-pw"})
+    subprocess.run(["chown", "-R", "nobody:nogroup", str(tmp_path)], check=True)
+    tmp_path.chmod(0o755)
+    proc = subprocess.Popen(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", mosquitto_binary(),
+                             "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: _listening(port) or proc.poll() is not None, timeout=10, message="mosquitto as nobody")
+        assert proc.poll() is None, (workdir / "mosquitto.log").read_text()
+        with Probe("127.0.0.1", port, "edge-agent", "agent-pw") as agent:
+            assert agent.connect() == 0
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
