@@ -13,7 +13,7 @@ import asyncpg
 from cloud.chain.embedded import ChainBusy
 from cloud.chain.factory import open_backend
 from cloud.minter import store
-from cloud.minter.reconcile import ReconcileReport, reconcile
+from cloud.minter.reconcile import FOREIGN_NOTE, ReconcileReport, reconcile
 from cloud.minter.status import (
     BACKLOG_ALERT,
     LATENCY_ALERT_SECS,
@@ -227,6 +227,8 @@ def describe_report(r: ReconcileReport) -> str:
                      f"(batch is {u.batch_status}){' -> recorded' if u.fixed else ''}")
     for batch_id, sig in r.confirmed_not_on_chain:
         lines.append(f"  recorded confirmed but not on chain: batch {batch_id} tx {sig}")
+    if r.foreign_transactions:
+        lines.append(f"other authority transactions: {r.foreign_transactions} ({FOREIGN_NOTE})")
     lines.append(f"entitlement: {len(r.entitled_by_wallet)} wallets, on chain {sum(r.chain_by_wallet.values())}"
                  f" of {sum(r.entitled_by_wallet.values())} base units entitled by validated energy; "
                  f"drift {r.entitlement_drift}, unminted readings {r.unminted_readings}"

@@ -102,6 +102,8 @@ def test_installed_wheel_migrates_and_runs_the_demo(wheel_venv: Path, database_u
     assert doc["drift"] == 0 and doc["readings_accepted"] > 0
     assert doc["database"]["name"].startswith("gridtokenx_") and doc["database"]["kept"] is False
     assert doc["final"]["meters → edge broker"] == doc["simulator"]["published"] > 0
+    assert doc["reconcile"]["foreign_transactions"] >= 1  # creating the mint, on a fresh chain: explained
+    assert "creating the mint" in doc["reconcile"]["foreign_transactions_note"]
     assert (elsewhere / ".gridtokenx" / "demo").is_dir()  # the default workdir is relative to where it runs
 
 
