@@ -156,8 +156,9 @@ def _csv_lines(text: str) -> dict[str, int]:
 @click.option("--capacity-w", type=int, required=True, help="Registered export capacity in watts.")
 @_config
 @_dsn
+@_json
 def add(meter_id: str, public_key: str, wallet_address: str, meter_type: str, capacity_w: int,
-        config: Path | None, database_url: str | None) -> None:
+        config: Path | None, database_url: str | None, as_json: bool) -> None:
     settings = _settings(config, database_url=database_url)
     row = meters_csv.check_row(meter_id, public_key, wallet_address, meter_type, capacity_w)
     if isinstance(row, str):
@@ -165,7 +166,8 @@ def add(meter_id: str, public_key: str, wallet_address: str, meter_type: str, ca
     result = _run(_with_conn(settings.database_url, lambda c: admin.upsert_meters(c, [row])), settings.database_url)
     if result.conflicts:
         raise click.ClickException(f"meter {meter_id!r}: {result.conflicts[meter_id]}")
-    click.echo(f"meter {meter_id} " + ("added" if result.inserted else "updated" if result.updated else "unchanged"))
+    outcome = "added" if result.inserted else "updated" if result.updated else "unchanged"
+    click.echo(json.dumps({"meter_id": meter_id, "result": outcome}) if as_json else f"meter {meter_id} {outcome}")
 
 
 @meters.command("list", help="List registered meters.")
@@ -194,11 +196,14 @@ def _status_command(name: str, status: admin.Status, help_text: str) -> click.Co
     @click.option("--reason", help="Why (kept in meters.status_reason).")
     @_config
     @_dsn
-    def command(meter_id: str, reason: str | None, config: Path | None, database_url: str | None) -> None:
+    @_json
+    def command(meter_id: str, reason: str | None, config: Path | None, database_url: str | None,
+                as_json: bool) -> None:
         settings = _settings(config, database_url=database_url)
         _run(_with_conn(settings.database_url, lambda c: admin.set_status(c, meter_id, status, reason)),
              settings.database_url)
-        click.echo(f"meter {meter_id} is now {status}")
+        click.echo(json.dumps({"meter_id": meter_id, "status": status, "reason": reason}) if as_json
+                   else f"meter {meter_id} is now {status}")
     return command
 
 

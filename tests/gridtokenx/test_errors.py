@@ -97,3 +97,15 @@ def test_why_for_a_reading_the_cloud_never_saw_points_at_the_edge(database_url: 
     assert gtx("cloud", "migrate", env={"DATABASE_URL": database_url}).returncode == 0
     result = gtx("cloud", "why", "M-00007:12", env={"DATABASE_URL": database_url})
     assert "gridtokenx edge inspect list --meter M-00007" in result.stdout + result.stderr
+
+
+def test_meter_admin_commands_speak_json(database_url: str) -> None:
+    env = {"DATABASE_URL": database_url}
+    assert gtx("cloud", "migrate", env=env).returncode == 0
+    key = "4zvwRjXUKGfvwnParsHAS3HuSVzV5cA4McphgmoCtajS"
+    added = gtx("cloud", "meters", "add", "M-00001", "--public-key", key, "--wallet", key, "--capacity-w", "5000",
+                "--json", env=env)
+    assert json.loads(added.stdout) == {"meter_id": "M-00001", "result": "added"}, added.stderr
+    for command, status in (("suspend", "suspended"), ("reinstate", "active"), ("revoke", "revoked")):
+        done = gtx("cloud", "meters", command, "M-00001", "--reason", "test", "--json", env=env)
+        assert json.loads(done.stdout) == {"meter_id": "M-00001", "status": status, "reason": "test"}, done.stderr
