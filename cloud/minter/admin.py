@@ -125,9 +125,28 @@ class Explanation:
 async def explain(settings: CloudSettings, reading: str) -> Explanation:
     conn = await asyncpg.connect(settings.database_url)
     try:
-        return await _explain(conn, settings, reading)
+        return await _with_equivocation(conn, await _explain(conn, settings, reading))
     finally:
         await conn.close()
+
+
+async def _with_equivocation(conn: asyncpg.Connection, found: Explanation) -> Explanation:
+    """A stored reading whose (meter_id, seq) also came with other signed bytes: say so, with the evidence
+    and the meter's quarantine, whatever its minting state."""
+    meter_id, seq = found.detail.get("meter_id"), found.detail.get("seq")
+    if meter_id is None or seq is None:
+        return found
+    evidence = await conn.fetch("SELECT id, received_at FROM rejected_readings WHERE meter_id = $1 AND seq = $2"
+                                " AND reason = 'equivocation' ORDER BY id", meter_id, seq)
+    if not evidence:
+        return found
+    meter = await conn.fetchrow("SELECT status, status_reason FROM meters WHERE meter_id = $1", meter_id)
+    status = meter["status"] if meter else "unknown"
+    text = (f"{found.text}. EQUIVOCATION: meter {meter_id} also signed {len(evidence)} other payload(s) for seq "
+            f"{seq} (rejected_readings id {', '.join(str(r['id']) for r in evidence)}, reason equivocation); "
+            f"the meter is {status}" + (f" ({meter['status_reason']})" if meter and meter["status_reason"] else ""))
+    return Explanation(found.state, text, found.detail | {"equivocation_evidence": [r["id"] for r in evidence],
+                                                          "meter_status": status})
 
 
 async def _explain(conn: asyncpg.Connection, settings: CloudSettings, reading: str) -> Explanation:
