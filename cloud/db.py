@@ -17,10 +17,12 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from cloud.errors import CloudError
+from runtime import assets
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+#: migrations/ of the checkout, or its copy in the installed wheel (runtime/assets.py).
+MIGRATIONS_DIR = assets.locate("migrations")
 _LOCK_KEY = 0x6774786D  # 'gtxm'
 
 
@@ -43,6 +45,9 @@ def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     found = []
     for path in sorted(directory.glob("[0-9][0-9][0-9]_*.sql")):
         found.append(Migration(int(path.name[:3]), path.stem, path.read_text()))
+    if not found:
+        raise MigrationError(f"no migration files (NNN_name.sql) in {directory}: this installation is incomplete; "
+                             "reinstall gridtokenx-edge (the wheel ships them) or run from a full checkout")
     versions = [m.version for m in found]
     if len(set(versions)) != len(versions):
         raise MigrationError(f"two migrations share a number in {directory}")

@@ -15,6 +15,7 @@ import click
 from cloud.chain.base import ChainError
 from cloud.settings import CloudSettings
 from runtime.config import ConfigError, load
+from runtime.redact import redact_text, redact_url
 
 T = TypeVar("T")
 
@@ -35,7 +36,8 @@ def _run(factory: Callable[[], Awaitable[T]], settings: CloudSettings) -> T:
     try:
         return asyncio.run(factory())  # type: ignore[arg-type]
     except (OSError, asyncpg.InvalidCatalogNameError, asyncpg.InvalidPasswordError) as exc:
-        raise click.ClickException(f"cannot reach the database at {settings.database_url} ({exc}); start "
+        raise click.ClickException(f"cannot reach the database at {redact_url(settings.database_url)} "
+                                   f"({redact_text(str(exc))}); start "
                                    "PostgreSQL or set DATABASE_URL") from exc
     except asyncpg.UndefinedTableError as exc:
         raise click.ClickException(f"the database is not migrated ({exc}); run `gridtokenx cloud migrate`") from exc

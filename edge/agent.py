@@ -21,6 +21,7 @@ from edge.receiver import Receiver
 from edge.settings import EdgeSettings
 from edge.writer import Writer
 from protocol.meters_csv import read_public_keys
+from runtime import sdnotify
 from runtime.observability import ObservabilityServer
 
 log = logging.getLogger("edge.agent")
@@ -86,6 +87,7 @@ async def run_agent(settings: EdgeSettings, stopping: asyncio.Event) -> int:
         async with asyncio.TaskGroup() as tg:
             forwarding = tg.create_task(forwarder.run())
             chores = tg.create_task(_housekeeping(writer, forwarder, stopping, settings.ttl_seconds))
+            tg.create_task(sdnotify.serve(lambda: writer.alive, stopping))  # systemd Type=notify + watchdog
             await stopping.wait()
             log.info("stopping: draining received messages and batches in flight")
             receiver.pause()

@@ -32,6 +32,8 @@ from runtime.runner import run_component
               help="CA certificate for an mqtts:// edge broker (default: the system CAs).")
 @click.option("--cloud-broker-ca", type=click.Path(path_type=Path, dir_okay=False),
               help="CA certificate for an mqtts:// cloud broker (default: the system CAs).")
+@click.option("--metrics-host", help="Address for /metrics and /healthz (default 0.0.0.0, for Prometheus; "
+              "127.0.0.1 keeps them local).")
 @click.option("--metrics-port", type=int, help="Port for /metrics and /healthz (default 9101, 0 = any).")
 @click.option("--meter-keys", type=click.Path(path_type=Path, dir_okay=False),
               help="meters.csv (meter_id, public_key): enable the signature pre-check.")

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from edge.buffer import Counts
+from protocol.reasons import Reason
 
 
 class EdgeMetrics:
@@ -30,6 +31,8 @@ class EdgeMetrics:
                                    ["reason"], registry=registry)
         self.dropped = Counter(p + "dropped", "Readings removed without a cloud ack (quota, TTL)", ["reason"],
                                registry=registry)
+        for reason in (Reason.QUOTA_DROPPED, Reason.EXPIRED):  # exported at 0, so a first burst is an increase
+            self.dropped.labels(reason.value)
         self.bad_acks = Counter(p + "bad_acks", "Ack envelopes that could not be decoded or were not ours",
                                 registry=registry)
         self.buffer_rows = Gauge(p + "buffer_rows", "Rows in the buffer by state", ["state"], registry=registry)

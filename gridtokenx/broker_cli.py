@@ -14,16 +14,29 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import re
 import secrets
+import socket
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import click
 import msgspec
 
-from gridtokenx.harness.brokers import BrokerError, generate_client_cert, generate_dev_certs, write_password_file
-from protocol.keys import MeterKey, decode_key
+from gridtokenx.harness.brokers import (
+    BrokerError,
+    generate_client_cert,
+    generate_dev_certs,
+    mosquitto_binary,
+    render_config,
+    write_password_file,
+)
+from protocol.keys import MeterKey
+from protocol.meters_csv import SERVICE_ACCOUNTS
 from protocol.reading import METER_ID_RE
 from runtime.config import ConfigError, load
 from runtime.files import write_atomic
@@ -32,7 +45,8 @@ EDGE_AGENT = "edge-agent"
 EDGE_INSPECTOR = "edge-inspector"
 SIM_FLEET = "sim-fleet"
 CLOUD_CONSUMER = "cloud-consumer"
-SERVICE_USERS = frozenset({EDGE_AGENT, EDGE_INSPECTOR, SIM_FLEET, CLOUD_CONSUMER})
+SERVICE_USERS = SERVICE_ACCOUNTS  # the registry refuses these as meter ids too (protocol/meters_csv.py)
+assert frozenset({EDGE_AGENT, EDGE_INSPECTOR, SIM_FLEET, CLOUD_CONSUMER}) == SERVICE_USERS
 METERS_CSV_COLUMNS = ("meter_id", "public_key", "wallet_address", "meter_type", "capacity_w")
 
 
@@ -76,10 +90,35 @@ class Plan:
     cloud_users: dict[str, str]
     services: CredentialsFile
     meters: int
+    edge_hashes: dict[str, str] = field(default_factory=dict)
+    """Meters whose password came as a Mosquitto hash."""
 
 
-def read_meters(csv_path: Path, keys_dir: Path) -> list[MeterKey]:
-    """The meters listed in meters.csv, each with its key file (which holds its MQTT password)."""
+class MeterMqtt(msgspec.Struct, frozen=True):
+    """The part of a meter key file this command reads: never the signing seed (docs/brokers.md)."""
+
+    meter_id: str
+    mqtt_password: str
+
+
+#: Mosquitto password hashes: $7$ (PBKDF2-SHA512, mosquitto_passwd 2.x) and $6$ (SHA512, 1.x).
+_HASH_RE = re.compile(r"^\$[67]\$(\d+\$)?[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+$")
+
+
+@dataclass(frozen=True, slots=True)
+class MeterCredentials:
+    """Each meter's MQTT password, plain (hashed when written) or as a Mosquitto hash."""
+
+    passwords: dict[str, str]
+    hashes: dict[str, str]
+
+    @property
+    def count(self) -> int:
+        return len(self.passwords) + len(self.hashes)
+
+
+def read_meter_ids(csv_path: Path) -> list[str]:
+    """The meter ids of meters.csv (public material), checked as broker usernames."""
     try:
         with csv_path.open(newline="") as f:
             reader = csv.DictReader(f)
@@ -90,25 +129,69 @@ def read_meters(csv_path: Path, keys_dir: Path) -> list[MeterKey]:
             ids = [row["meter_id"].strip() for row in reader]
     except OSError as exc:
         raise CredentialsError(f"cannot read {csv_path} ({exc.strerror}); pass --meters meters.csv") from exc
-    keys: list[MeterKey] = []
     for meter_id in ids:
         if not METER_ID_RE.match(meter_id) or meter_id in SERVICE_USERS:
             raise CredentialsError(f"meter_id {meter_id!r} in {csv_path} is not a valid broker username "
                                    f"(letters, digits, . _ -; not a service user name)")
+    if len(set(ids)) != len(ids):
+        raise CredentialsError(f"{csv_path} lists a meter_id twice")
+    return ids
+
+
+def read_password_list(path: Path) -> MeterCredentials:
+    """A CSV `meter_id,mqtt_password` or `meter_id,mqtt_password_hash` (Mosquitto $7$/$6$ hashes)."""
+    passwords: dict[str, str] = {}
+    hashes: dict[str, str] = {}
+    try:
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            fields = set(reader.fieldnames or [])
+            if "meter_id" not in fields or not fields & {"mqtt_password", "mqtt_password_hash"}:
+                raise CredentialsError(f"{path} needs the columns meter_id and mqtt_password or mqtt_password_hash")
+            for line, row in enumerate(reader, start=2):
+                meter_id = (row.get("meter_id") or "").strip()
+                plain, digest = (row.get("mqtt_password") or "").strip(), (row.get("mqtt_password_hash") or "").strip()
+                if digest:
+                    if not _HASH_RE.match(digest):
+                        raise CredentialsError(f"{path} line {line}: the hash for {meter_id} is not a Mosquitto "
+                                               "password hash ($7$... from mosquitto_passwd)")
+                    hashes[meter_id] = digest
+                elif plain:
+                    passwords[meter_id] = plain
+                else:
+                    raise CredentialsError(f"{path} line {line}: no password or hash for {meter_id!r}")
+    except OSError as exc:
+        raise CredentialsError(f"cannot read {path} ({exc.strerror})") from exc
+    return MeterCredentials(passwords, hashes)
+
+
+def read_meters(csv_path: Path, keys_dir: Path | None = None, passwords_file: Path | None = None) -> MeterCredentials:
+    """Every meter of meters.csv with its MQTT password: from --passwords when given, else from
+    <keys>/<meter_id>.key, of which only meter_id and mqtt_password are read (no signing seed needed)."""
+    ids = read_meter_ids(csv_path)
+    if passwords_file is not None:
+        given = read_password_list(passwords_file)
+        missing = [m for m in ids if m not in given.passwords and m not in given.hashes]
+        if missing:
+            raise CredentialsError(f"{passwords_file} has no password for meter {missing[0]}"
+                                   + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        return MeterCredentials({m: p for m, p in given.passwords.items() if m in ids},
+                                {m: h for m, h in given.hashes.items() if m in ids})
+    keys_dir = keys_dir if keys_dir is not None else csv_path.parent
+    passwords: dict[str, str] = {}
+    for meter_id in ids:
         path = keys_dir / f"{meter_id}.key"
         try:
-            key = decode_key(path.read_bytes())
+            key = msgspec.json.decode(path.read_bytes(), type=MeterMqtt)
         except OSError as exc:
             raise CredentialsError(f"no key file for meter {meter_id} at {path}; pass --keys DIR "
-                                   "(the directory `gridtokenx sim keygen --out` wrote)") from exc
-        except msgspec.ValidationError as exc:
+                                   "(the directory `gridtokenx sim keygen --out` wrote) or --passwords FILE") from exc
+        except msgspec.DecodeError as exc:
             raise CredentialsError(f"{path} is not a meter key file: {exc}") from exc
         if key.meter_id != meter_id:
             raise CredentialsError(f"{path} belongs to meter {key.meter_id}, not {meter_id}")
-        keys.append(key)
-    if len(set(ids)) != len(ids):
-        raise CredentialsError(f"{csv_path} lists a meter_id twice")
-    return keys
+        passwords[meter_id] = key.mqtt_password
+    return MeterCredentials(passwords, {})
 
 
 def parse_gateways(text: str) -> list[str]:
@@ -122,7 +205,8 @@ def parse_gateways(text: str) -> list[str]:
     return gateways
 
 
-def plan(meters: Iterable[MeterKey], *, gateways: list[str], fleet_user: bool, presets: PresetPasswords,
+def plan(meters: Iterable[MeterKey] | MeterCredentials, *, gateways: list[str], fleet_user: bool,
+         presets: PresetPasswords,
          previous: CredentialsFile | None = None) -> Plan:
     """Who gets which password. A service password is, in order: the env preset, the one already in
     credentials.json (so a re-run does not lock out running services), a fresh random one."""
@@ -136,11 +220,14 @@ def plan(meters: Iterable[MeterKey], *, gateways: list[str], fleet_user: bool, p
         edge_services[SIM_FLEET] = password(SIM_FLEET)
     cloud_services = {CLOUD_CONSUMER: password(CLOUD_CONSUMER)}
     cloud_services |= {gw: password(gw, is_gateway=True) for gw in gateways}
-    meter_users = {m.meter_id: m.mqtt_password for m in meters}
+    if isinstance(meters, MeterCredentials):
+        meter_users, meter_hashes = dict(meters.passwords), dict(meters.hashes)
+    else:
+        meter_users, meter_hashes = {m.meter_id: m.mqtt_password for m in meters}, {}
     return Plan(edge_users=edge_services | meter_users, cloud_users=cloud_services,
                 services=CredentialsFile(edge=edge_services, cloud=cloud_services, gateways=gateways,
                                          fleet_user=fleet_user),
-                meters=len(meter_users))
+                meters=len(meter_users) + len(meter_hashes), edge_hashes=meter_hashes)
 
 
 def read_previous(path: Path) -> CredentialsFile | None:
@@ -170,7 +257,7 @@ class Written:
 def write(p: Plan, out: Path, *, tls_hosts: tuple[str, ...] | None, client_certs: list[str] | None = None) -> Written:
     for role in ("edge", "cloud"):
         (out / role).mkdir(parents=True, exist_ok=True)
-    write_password_file(out / "edge" / "passwd", p.edge_users)
+    write_password_file(out / "edge" / "passwd", p.edge_users, p.edge_hashes)
     write_password_file(out / "cloud" / "passwd", p.cloud_users)
     creds = out / "credentials.json"
     write_atomic(creds, msgspec.json.format(msgspec.json.encode(p.services), indent=2) + b"\n")
@@ -210,8 +297,11 @@ def broker() -> None:
               help="meters.csv (meter_id,public_key,wallet_address,meter_type,capacity_w), "
                    "as `gridtokenx sim keygen` writes it.")
 @click.option("--keys", "keys_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Directory of <meter_id>.key files holding each meter's MQTT password "
-                   "[default: the directory of --meters].")
+              help="Directory of <meter_id>.key files holding each meter's MQTT password; only meter_id and "
+                   "mqtt_password are read, a file without secret_seed is fine [default: the directory of --meters].")
+@click.option("--passwords", "passwords_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Instead of key files: CSV meter_id,mqtt_password or meter_id,mqtt_password_hash "
+                   "(Mosquitto $7$ hashes, e.g. from the meter vendor); no signing keys needed.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output directory: edge/passwd, cloud/passwd, credentials.json (0600), certs/.")
 @click.option("--gateways", default="", metavar="GW1,GW2",
@@ -227,8 +317,8 @@ def broker() -> None:
               help="With --tls: also a client certificate per meter (CN = meter_id) in OUT/certs/clients, "
                    "for the client-certificate option of broker-config/README.md.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON (never passwords).")
-def credentials(meters_csv: Path, keys_dir: Path | None, out: Path, gateways: str, fleet_user: bool,
-                tls: bool, tls_hosts: tuple[str, ...], client_certs: bool, as_json: bool) -> None:
+def credentials(meters_csv: Path, keys_dir: Path | None, passwords_file: Path | None, out: Path, gateways: str,
+                fleet_user: bool, tls: bool, tls_hosts: tuple[str, ...], client_certs: bool, as_json: bool) -> None:
     """Write the password files for the edge and cloud brokers.
 
     \b
@@ -241,12 +331,14 @@ def credentials(meters_csv: Path, keys_dir: Path | None, out: Path, gateways: st
     if client_certs and not tls:
         raise CredentialsError("--client-certs needs --tls (the certificates are signed by the dev CA)")
     presets = load_presets()
-    keys = read_meters(meters_csv, keys_dir if keys_dir is not None else meters_csv.parent)
+    if keys_dir is not None and passwords_file is not None:
+        raise CredentialsError("pass --keys or --passwords, not both")
+    keys = read_meters(meters_csv, keys_dir, passwords_file)
     out.mkdir(parents=True, exist_ok=True)
     p = plan(keys, gateways=parse_gateways(gateways), fleet_user=fleet_user, presets=presets,
              previous=read_previous(out / "credentials.json"))
     written = write(p, out, tls_hosts=(tls_hosts or ("localhost",)) if tls else None,
-                    client_certs=[k.meter_id for k in keys] if client_certs else None)
+                    client_certs=sorted(keys.passwords | keys.hashes) if client_certs else None)
     if as_json:
         click.echo(json.dumps(asdict(written), indent=2))
         return
@@ -258,3 +350,91 @@ def credentials(meters_csv: Path, keys_dir: Path | None, out: Path, gateways: st
         click.echo(f"dev TLS: CA {written.tls['ca.crt']}, server {written.tls['server.crt']}")
     if fleet_user:
         click.echo("warning: sim-fleet may publish for every meter; use it for load tests only", err=True)
+
+
+#: Default local ports: the edge broker where meters expect it, the cloud broker next to it.
+DEFAULT_PORTS = {"edge": 1883, "cloud": 1884}
+
+
+def service_env(role: str, services: CredentialsFile, host: str, port: int, scheme: str = "mqtt") -> dict[str, str]:
+    """One env file's text per service user of `role`'s broker: its URL with its password, for the
+    shell (`set -a; . FILE; set +a`) or systemd's EnvironmentFile (never on a command line)."""
+
+    def url(user: str, password: str) -> str:
+        return f"{scheme}://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}"
+
+    files: dict[str, str] = {}
+    if role == "edge":
+        for user, var in ((EDGE_AGENT, "GRIDTOKENX_EDGE_BROKER_URL"), (EDGE_INSPECTOR, "GRIDTOKENX_EDGE_INSPECTOR_URL"),
+                          (SIM_FLEET, "GRIDTOKENX_SIM_BROKER_URL")):
+            if user in services.edge:
+                files[user] = f"{var}={url(user, services.edge[user])}\n"
+    else:
+        files[CLOUD_CONSUMER] = f"GRIDTOKENX_CLOUD_BROKER_URL={url(CLOUD_CONSUMER, services.cloud[CLOUD_CONSUMER])}\n"
+        for gw in services.gateways:
+            files[gw] = f"GRIDTOKENX_CLOUD_BROKER_URL={url(gw, services.cloud[gw])}\nGRIDTOKENX_GATEWAY_ID={gw}\n"
+    return files
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+@broker.command("run")
+@click.argument("role", type=click.Choice(["edge", "cloud"]))
+@click.option("--credentials", "creds", type=click.Path(file_okay=False, path_type=Path),
+              default=Path(".gridtokenx/credentials"), show_default=True,
+              help="The --out directory of `gridtokenx broker credentials`.")
+@click.option("--port", type=int, help="Plain MQTT port [default: 1883 edge, 1884 cloud].")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--tls-port", type=int, help="Also a TLS listener, with CREDENTIALS/certs (`broker credentials --tls`).")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
+              help="Rendered config, persistence and log [default: CREDENTIALS/ROLE/run].")
+def run_broker(role: str, creds: Path, port: int | None, host: str, tls_port: int | None,
+               workdir: Path | None) -> None:
+    """Run the ROLE broker (edge or cloud) in the foreground: Mosquitto with the packaged
+    broker-config/ROLE files, the password file of `broker credentials`, persistence in WORKDIR.
+
+    \b
+    Also writes CREDENTIALS/env/<user>.env (0600), one per service user of this broker, holding
+    its URL with its password (GRIDTOKENX_EDGE_BROKER_URL, GRIDTOKENX_CLOUD_BROKER_URL, ...):
+    load it with `set -a; . FILE; set +a` so that no password is on a command line.
+    As root, Mosquitto keeps running as root (it could not read the 0600 password file after
+    dropping to user mosquitto). Ctrl-C or SIGTERM stops it cleanly (persistence is saved).
+    """
+    passwd = creds / role / "passwd"
+    services = read_previous(creds / "credentials.json")
+    if services is None or not passwd.is_file():
+        raise CredentialsError(f"no credentials in {creds}: run `gridtokenx broker credentials --meters meters.csv "
+                               f"--out {creds}` first")
+    port = port if port is not None else DEFAULT_PORTS[role]
+    for p in (port, tls_port):
+        if p is not None and not _port_free(host, p):
+            raise CredentialsError(f"port {p} on {host} is in use (another broker?); pick another --port/--tls-port")
+    certs = creds / "certs"
+    if tls_port is not None and not (certs / "server.crt").is_file():
+        raise CredentialsError(f"--tls-port needs {certs}/server.crt: run `broker credentials --tls` first")
+    workdir = (workdir or creds / role / "run").resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_atomic(workdir / "passwd", passwd.read_bytes())
+    try:
+        conf = render_config(role, workdir=workdir, port=port, tls_port=tls_port,  # type: ignore[arg-type]
+                             certs_dir=certs.resolve() if tls_port is not None else None, bind=host,
+                             log_to_stderr=True)
+        binary = mosquitto_binary()
+    except BrokerError as exc:
+        raise CredentialsError(str(exc)) from exc
+    env_dir = creds / "env"
+    env_dir.mkdir(exist_ok=True)
+    client_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    for user, text in service_env(role, services, client_host, port).items():
+        write_atomic(env_dir / f"{user}.env", text.encode())
+    click.echo(f"{role} broker: mosquitto on {host}:{port}" + (f" (TLS {tls_port})" if tls_port else "")
+               + f"; config {conf}; service URLs in {env_dir}/*.env", err=True)
+    sys.stderr.flush()
+    os.execv(binary, [binary, "-c", str(conf)])  # Mosquitto itself, in the foreground: its own clean shutdown

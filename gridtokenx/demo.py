@@ -48,10 +48,12 @@ class Snapshot:
         return self.values.get(proc, {}).get(metric, 0.0)
 
 
-def scrape(stack: Stack) -> Snapshot:
+def scrape(stack: Stack, prev: Snapshot | None = None) -> Snapshot:
+    """Every process's /metrics now; a process that has exited (the simulator, once done) keeps its
+    last scraped values, so totals never fall back to 0."""
     snap = Snapshot(time.monotonic())
     for name, proc in stack.procs.items():
-        snap.values[name] = proc.metrics()
+        snap.values[name] = proc.metrics() or (prev.values.get(name, {}) if prev else {})
     return snap
 
 
@@ -183,7 +185,7 @@ def demo(meters: int, duration: float, speed: float, interval: int, faults: bool
                 drain_deadline: float | None = None
                 while True:
                     time.sleep(1.0)
-                    now = scrape(stack)
+                    now = scrape(stack, prev)
                     phase = "publishing" if sim.running else "draining"
                     if not as_json:
                         live.update(view(first, prev, now, decimals=decimals, phase=phase))
@@ -207,6 +209,8 @@ def demo(meters: int, duration: float, speed: float, interval: int, faults: bool
                     live.stop()
             sim_report = stack.sim_report()
             final = snapshot_doc(first, prev, "done")
+            if "published" in sim_report:  # the simulator's own count, after its last scrape
+                final["meters → edge broker"] = sim_report["published"]
             stack.procs["edge"].stop()
             stack.procs["cloud"].stop()
             reconcile = json.loads(stack.run_cli("cloud", "reconcile", "--json", env=stack.cloud_env()))
@@ -214,6 +218,8 @@ def demo(meters: int, duration: float, speed: float, interval: int, faults: bool
             result = build_result(summary, reconcile, sim_report, snapshots, summary.pop("wallet_types"))
             result["edge_quarantined"] = int(prev.get("edge", "gridtokenx_edge_quarantined_total"))
             result["final"] = final
+            # The database the demo used, by name (the DSN's password, if any, is not repeated here).
+            result["database"] = {"name": stack.database, "kept": keep_database}
     except StackError as exc:
         console.print(f"[red]demo failed:[/red] {exc}")
         sys.exit(1)
@@ -223,6 +229,9 @@ def demo(meters: int, duration: float, speed: float, interval: int, faults: bool
         console.print()
         console.print(_table(summary, result["onchain_by_type"], decimals))
         console.print(Panel(result["check_line"], style="green" if result["drift"] == 0 else "red"))
+        kept = result["database"]
+        console.print(f"database {kept['name']}: " + ("kept (--keep-database)" if kept["kept"] else
+                                                      "dropped (--keep-database keeps it)"))
     sys.exit(0 if result["drift"] == 0 else 1)
 
 

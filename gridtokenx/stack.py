@@ -12,7 +12,9 @@ import contextlib
 import json
 import os
 import secrets
+import signal
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -25,6 +27,7 @@ from gridtokenx.errors import GridtokenxError
 from gridtokenx.harness.brokers import Mosquitto, free_port
 from gridtokenx.harness.processes import Proc, gridtokenx_cmd
 from protocol.keys import decode_key
+from runtime.redact import redact_text, redact_url
 
 GATEWAY_ID = "gw-1"
 DEFAULT_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -32,6 +35,14 @@ DEFAULT_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 class StackError(GridtokenxError):
     pass
+
+
+class Interrupted(SystemExit):
+    """SIGTERM or SIGINT reached an orchestrator: unwind (the `with Stack` block stops every process)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
 
 
 @dataclass
@@ -62,6 +73,8 @@ class Stack:
         self.cloud_broker: Mosquitto | None = None
         self.base_env = {k: v for k, v in os.environ.items() if not k.startswith(("TOKENIZATION_", "GRIDTOKENX_"))}
         self.base_env["PYTHONUNBUFFERED"] = "1"
+        self._closing = False
+        self._old_handlers: dict[int, Any] = {}
         self.secrets = {"edge-agent": secrets.token_urlsafe(12), "edge-inspector": secrets.token_urlsafe(12),
                         "cloud-consumer": secrets.token_urlsafe(12), GATEWAY_ID: secrets.token_urlsafe(12)}
 
@@ -106,7 +119,8 @@ class Stack:
         try:
             self.database, self.database_url = await create_scratch_database(self.options.admin_dsn, "gridtokenx_")
         except (OSError, asyncpg.PostgresError) as exc:
-            raise StackError(f"PostgreSQL is not reachable at {self.options.admin_dsn} ({exc}); start it or set "
+            raise StackError(f"PostgreSQL is not reachable at {redact_url(self.options.admin_dsn)} "
+                             f"({redact_text(str(exc))}); start it or set "
                              "DATABASE_URL (./scripts/setup does both)") from exc
 
     # -- components ---------------------------------------------------------------------------------------
@@ -149,11 +163,13 @@ class Stack:
     def start_edge(self, name: str = "edge") -> Proc:
         port = free_port()
         assert self.edge_broker is not None and self.cloud_broker is not None
-        argv = gridtokenx_cmd("edge", "run", "--edge-broker-url", self.edge_broker.url_for("edge-agent"),
-                              "--cloud-broker-url", self.cloud_broker.url_for(GATEWAY_ID), "--gateway-id", GATEWAY_ID,
+        argv = gridtokenx_cmd("edge", "run", "--gateway-id", GATEWAY_ID,
                               "--buffer", str(self.workdir / "edge-buffer.sqlite"), "--metrics-port", str(port),
                               *self.options.edge_flags)
-        proc = self._proc(name, argv, {}, port)
+        # Broker URLs carry passwords: environment, never argv (visible to every user in `ps`).
+        env = {"GRIDTOKENX_EDGE_BROKER_URL": self.edge_broker.url_for("edge-agent"),
+               "GRIDTOKENX_CLOUD_BROKER_URL": self.cloud_broker.url_for(GATEWAY_ID)}
+        proc = self._proc(name, argv, env, port)
         _wait_port(port, proc)
         return proc
 
@@ -171,6 +187,7 @@ class Stack:
 
     # -- shutdown -----------------------------------------------------------------------------------------
     def close(self) -> None:
+        self._closing = True
         for proc in reversed(list(self.procs.values())):
             proc.stop(timeout=15)
         for broker in (self.edge_broker, self.cloud_broker):
@@ -180,11 +197,35 @@ class Stack:
             with contextlib.suppress(Exception):
                 asyncio.run(drop_database(self.options.admin_dsn, self.database))
 
+    def kill_all(self) -> None:
+        """SIGKILL every process group started here (a second signal during `close`)."""
+        for proc in self.procs.values():
+            proc.kill9()
+        for broker in (self.edge_broker, self.cloud_broker):
+            if broker is not None:
+                broker.kill()
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if self._closing:  # a second signal while stopping: no more waiting, but still no orphans
+            self.kill_all()
+            os._exit(128 + signum)
+        raise Interrupted(signum)
+
     def __enter__(self) -> Stack:
+        """Children run in their own sessions (a terminal's Ctrl-C reaches only us), so SIGTERM and SIGINT
+        become `Interrupted`, which unwinds to `__exit__`; `close` then stops every process it started."""
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._old_handlers[signum] = signal.signal(signum, self._on_signal)
         return self
 
     def __exit__(self, *_exc: object) -> None:
-        self.close()
+        try:
+            self.close()
+        finally:
+            for signum, handler in self._old_handlers.items():
+                signal.signal(signum, handler)
+            self._old_handlers.clear()
 
 
 def _wait_port(port: int, proc: Proc, timeout: float = 60.0) -> None:

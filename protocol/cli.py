@@ -52,14 +52,20 @@ def generate_vectors(path: Path) -> None:
 
 @protocol_cli.command("decode")
 @click.argument("source", type=click.File("rb"), default="-")
-def decode(source: IO[bytes]) -> None:
+@click.option("--json", "as_json", is_flag=True,
+              help="Also a bad payload as JSON ({valid: false, reason, detail}, exit 1), for scripts.")
+def decode(source: IO[bytes], as_json: bool) -> None:
     """Decode one MQTT payload (file or stdin) and print the reading as JSON, or the reason it is bad."""
     payload = source.read()
     try:
         signed = parse_payload(payload)
     except ProtocolError as exc:
+        if as_json:
+            click.echo(json.dumps({"valid": False, "reason": exc.reason.value, "detail": exc.detail}, indent=2))
+            sys.exit(1)
         raise click.ClickException(f"not a valid reading ({exc.reason.value}): {exc.detail}") from exc
     import msgspec
 
-    click.echo(json.dumps({"format": signed.format, "reading": msgspec.to_builtins(signed.reading),
-                           "signature": signed.payload.rsplit(b"\n", 1)[1].decode()}, indent=2))
+    doc = {"format": signed.format, "reading": msgspec.to_builtins(signed.reading),
+           "signature": signed.payload.rsplit(b"\n", 1)[1].decode()}
+    click.echo(json.dumps(({"valid": True} | doc) if as_json else doc, indent=2))

@@ -46,11 +46,26 @@ def check_base58_32(text: str, what: str) -> str | None:
     return None
 
 
+#: Broker usernames of the services (docs/brokers.md): never a meter's id, or a meter could log in as one.
+SERVICE_ACCOUNTS = frozenset({"edge-agent", "edge-inspector", "sim-fleet", "cloud-consumer"})
+#: Gateway ids are cloud-broker usernames; by convention they start with this.
+GATEWAY_PREFIX = "gw-"
+
+
+def reserved_id(meter_id: str) -> bool:
+    """A service account's or a gateway's name (case-insensitive), which the registry refuses."""
+    lowered = meter_id.lower()
+    return lowered in SERVICE_ACCOUNTS or lowered.startswith(GATEWAY_PREFIX)
+
+
 def check_row(meter_id: str, public_key: str, wallet_address: str, meter_type: str,
               capacity_w: str | int) -> MeterRow | str:
     """A checked row, or the sentence that says why it is not one."""
     if not METER_ID_RE.match(meter_id):
         return f"meter_id {meter_id[:70]!r} is not valid (letters, digits, '.', '_', '-'; at most 64)"
+    if reserved_id(meter_id):
+        return (f"meter_id {meter_id!r} is reserved for a service account or a gateway "
+                f"({', '.join(sorted(SERVICE_ACCOUNTS))}, {GATEWAY_PREFIX}*)")
     for text, what in ((public_key, "public_key"), (wallet_address, "wallet_address")):
         problem = check_base58_32(text, what)
         if problem:

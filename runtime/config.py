@@ -20,6 +20,7 @@ from urllib.parse import unquote, urlsplit
 import yaml
 
 from runtime.errors import RuntimeFailure
+from runtime.redact import redact_url
 
 T = TypeVar("T")
 
@@ -42,12 +43,12 @@ class BrokerURL:
     def parse(cls, url: str) -> BrokerURL:
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-            raise ConfigError(f"broker URL {url!r} must start with mqtt:// or mqtts://")
+            raise ConfigError(f"broker URL {redact_url(url)!r} must start with mqtt:// or mqtts://")
         tls = parts.scheme in ("mqtts", "ssl")
         try:
             port = parts.port or (8883 if tls else 1883)
-        except ValueError as exc:
-            raise ConfigError(f"broker URL {url!r} has an invalid port") from exc
+        except ValueError:
+            raise ConfigError(f"broker URL {redact_url(url)!r} has an invalid port") from None
         return cls(
             host=parts.hostname or "127.0.0.1",
             port=port,

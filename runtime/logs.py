@@ -47,5 +47,6 @@ def setup(*, level: str = "INFO", json_format: bool = False, log_file: Path | No
         h.setFormatter(fmt)
         root.addHandler(h)
     root.setLevel(level.upper())
-    for noisy in ("asyncio", "aiohttp.access"):
+    # Library chatter: httpx/httpcore log one INFO line per RPC call (most of a cloud log before this).
+    for noisy in ("asyncio", "aiohttp.access", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -12,6 +12,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 HealthCheck = Callable[[], dict[str, Any]]
 
 
+class ListenError(OSError):
+    """The /metrics port cannot be bound (in use, not permitted); the message names it."""
+
+
 class ObservabilityServer:
     """Serves the registry's metrics and a health document; `healthy` key False → HTTP 503."""
 
@@ -29,7 +33,13 @@ class ObservabilityServer:
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            self._runner = None
+            raise ListenError(exc.errno, f"cannot listen on {self.host}:{self.port} for /metrics and /healthz "
+                                         f"({exc.strerror or exc}); pick another port") from exc
         if self.port == 0:
             sockets = getattr(site._server, "sockets", None)
             if sockets:

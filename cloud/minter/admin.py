@@ -13,7 +13,7 @@ import asyncpg
 from cloud.chain.embedded import ChainBusy
 from cloud.chain.factory import open_backend
 from cloud.minter import store
-from cloud.minter.reconcile import ReconcileReport, reconcile
+from cloud.minter.reconcile import FOREIGN_NOTE, ReconcileReport, reconcile
 from cloud.minter.status import (
     BACKLOG_ALERT,
     LATENCY_ALERT_SECS,
@@ -125,9 +125,28 @@ class Explanation:
 async def explain(settings: CloudSettings, reading: str) -> Explanation:
     conn = await asyncpg.connect(settings.database_url)
     try:
-        return await _explain(conn, settings, reading)
+        return await _with_equivocation(conn, await _explain(conn, settings, reading))
     finally:
         await conn.close()
+
+
+async def _with_equivocation(conn: asyncpg.Connection, found: Explanation) -> Explanation:
+    """A stored reading whose (meter_id, seq) also came with other signed bytes: say so, with the evidence
+    and the meter's quarantine, whatever its minting state."""
+    meter_id, seq = found.detail.get("meter_id"), found.detail.get("seq")
+    if meter_id is None or seq is None:
+        return found
+    evidence = await conn.fetch("SELECT id, received_at FROM rejected_readings WHERE meter_id = $1 AND seq = $2"
+                                " AND reason = 'equivocation' ORDER BY id", meter_id, seq)
+    if not evidence:
+        return found
+    meter = await conn.fetchrow("SELECT status, status_reason FROM meters WHERE meter_id = $1", meter_id)
+    status = meter["status"] if meter else "unknown"
+    text = (f"{found.text}. EQUIVOCATION: meter {meter_id} also signed {len(evidence)} other payload(s) for seq "
+            f"{seq} (rejected_readings id {', '.join(str(r['id']) for r in evidence)}, reason equivocation); "
+            f"the meter is {status}" + (f" ({meter['status_reason']})" if meter and meter["status_reason"] else ""))
+    return Explanation(found.state, text, found.detail | {"equivocation_evidence": [r["id"] for r in evidence],
+                                                          "meter_status": status})
 
 
 async def _explain(conn: asyncpg.Connection, settings: CloudSettings, reading: str) -> Explanation:
@@ -151,7 +170,10 @@ async def _explain(conn: asyncpg.Connection, settings: CloudSettings, reading: s
     else:
         return Explanation("unknown", f"{reading!r} is neither an id nor METER_ID:SEQ", {})
     if row is None:
-        return Explanation("unknown", f"no reading {reading} in the database (not received yet?)", {})
+        where = f" --meter {reading.rpartition(':')[0]}" if ":" in reading else ""
+        return Explanation("unknown", f"no reading {reading} in the database: not received yet, or held at the edge "
+                           f"(quarantined, rejected or dropped there: `gridtokenx edge inspect list{where}` on the "
+                           "gateway)", {})
     rid = row["id"]
     base = {"reading_id": rid, "meter_id": row["meter_id"], "seq": row["seq"], "wallet": row["wallet_address"],
             "export_wh": row["export_wh"]}
@@ -224,6 +246,8 @@ def describe_report(r: ReconcileReport) -> str:
                      f"(batch is {u.batch_status}){' -> recorded' if u.fixed else ''}")
     for batch_id, sig in r.confirmed_not_on_chain:
         lines.append(f"  recorded confirmed but not on chain: batch {batch_id} tx {sig}")
+    if r.foreign_transactions:
+        lines.append(f"other authority transactions: {r.foreign_transactions} ({FOREIGN_NOTE})")
     lines.append(f"entitlement: {len(r.entitled_by_wallet)} wallets, on chain {sum(r.chain_by_wallet.values())}"
                  f" of {sum(r.entitled_by_wallet.values())} base units entitled by validated energy; "
                  f"drift {r.entitlement_drift}, unminted readings {r.unminted_readings}"

@@ -40,6 +40,12 @@ class LandedUnrecorded:
     fixed: bool
 
 
+#: What `foreign_transactions` counts, for the JSON and text reports.
+FOREIGN_NOTE = ("transactions signed by the mint authority without a mint-batch memo: creating the mint "
+                "(1 on a fresh chain) and anything else done with the authority key; they mint nothing by "
+                "this service and are not drift")
+
+
 @dataclass(slots=True)
 class ReconcileReport:
     mint: str
@@ -70,7 +76,8 @@ class ReconcileReport:
                 and (self.unminted_readings > 0 or self.entitlement_drift == 0))
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self) | {"clean": self.clean, "entitlement_drift": self.entitlement_drift}
+        return asdict(self) | {"clean": self.clean, "entitlement_drift": self.entitlement_drift,
+                               "foreign_transactions_note": FOREIGN_NOTE}
 
 
 async def reconcile(dsn: str, backend: ChainBackend, *, fix: bool = False, ratio: Fraction = Fraction(1),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import sqlite3
 import sys
 import time
@@ -260,9 +261,11 @@ def verify(db_path: Path, keys_path: Path, states: tuple[str, ...], meter: str |
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True), default="-",
               show_default=True, help="Output file; - is stdout.")
 @click.option("--decode", is_flag=True, help="Add the decoded reading fields (format, interval, Wh, flags).")
+@click.option("--json", "as_json", is_flag=True,
+              help="End with a JSON summary {exported, out, format} (on stderr when the rows go to stdout).")
 @_guard
 def export(db_path: Path, states: tuple[str, ...], meter: str | None, reason: str | None, since: str | None,
-           fmt: str, out: Path, decode: bool) -> None:
+           fmt: str, out: Path, decode: bool, as_json: bool) -> None:
     """Stream matching rows (with the exact payload, base64) to CSV or JSONL, in constant memory."""
     flt = _filter(states, SOURCES, meter, reason, since)
     conn = db.open_readonly(db_path)
@@ -275,7 +278,9 @@ def export(db_path: Path, states: tuple[str, ...], meter: str | None, reason: st
                     n = export_mod.export(conn, flt, fh, fmt=fmt, decode=decode, progress=advance)  # type: ignore[arg-type]
     finally:
         conn.close()
-    if str(out) != "-":
+    if as_json:
+        click.echo(json.dumps({"exported": n, "out": str(out), "format": fmt}), err=str(out) == "-")
+    elif str(out) != "-":
         Console(stderr=True).print(f"exported {n:,} row(s) to {out}")
 
 

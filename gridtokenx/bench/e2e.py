@@ -50,8 +50,12 @@ class Run:
     stack: Stack
     samples: list[Sample] = field(default_factory=list)
 
+    last_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+
     def counts(self) -> dict[str, float]:
-        metrics = {name: proc.metrics() for name, proc in self.stack.procs.items()}
+        # A process that has exited (the simulator, once done) keeps its last scraped values.
+        metrics = {name: proc.metrics() or self.last_metrics.get(name, {}) for name, proc in self.stack.procs.items()}
+        self.last_metrics = metrics
         out: dict[str, float] = {}
         for hop, (kind, metric) in HOP_METRICS.items():
             out[hop] = sum(m.get(metric, 0.0) for name, m in metrics.items() if name.startswith(kind))
@@ -196,7 +200,8 @@ async def _drive(run: Run, probe: Probe, sim_flags: list[str], drain_timeout: fl
         "drain_s": round(drained - publish_end, 1),
         "drained": last["edge_depth"] == 0 and last["unminted"] == 0,
         "sustained_per_s": {hop: round(sustained(run.samples, hop, publish_end)) for hop in HOP_METRICS},
-        "totals": {k: int(v) for k, v in last.items()},
+        "totals": {k: int(v) for k, v in last.items()} | (
+            {"sim_published": int(sim_report["acked"])} if "acked" in sim_report else {}),
         "latency_s": {k: percentiles(v) for k, v in latencies.items() if k != "probes_sent"},
         "processes": processes,
         "cpu_us_per_reading_total": round(sum(p["cpu_us_per_reading"] for p in processes.values()), 1),

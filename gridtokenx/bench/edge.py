@@ -105,8 +105,10 @@ class _Publish:
 class _Agent:
     def __init__(self, edge: Mosquitto, cloud: Mosquitto, buffer: Path, log: Path) -> None:
         self.port = free_port()
-        self.args = [sys.executable, "-m", "edge", "run", "--edge-broker-url", edge.url_for("edge-agent"),
-                     "--cloud-broker-url", cloud.url_for(GATEWAY), "--gateway-id", GATEWAY,
+        # Broker URLs carry passwords: environment, never argv.
+        self.env = {"GRIDTOKENX_EDGE_BROKER_URL": edge.url_for("edge-agent"),
+                    "GRIDTOKENX_CLOUD_BROKER_URL": cloud.url_for(GATEWAY), "GRIDTOKENX_EDGE_BACKOFF_MAX_S": "2"}
+        self.args = [sys.executable, "-m", "edge", "run", "--gateway-id", GATEWAY,
                      "--buffer", str(buffer), "--metrics-port", str(self.port), "--max-rows", "5000000",
                      "--max-bytes", str(4 << 30)]
         self.log = log
@@ -115,7 +117,7 @@ class _Agent:
     def start(self) -> psutil.Process:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT,
-                                         env=os.environ | {"GRIDTOKENX_EDGE_BACKOFF_MAX_S": "2"})
+                                         env=os.environ | self.env)
         _wait(self._up, 30, "the agent's /healthz")
         return psutil.Process(self.proc.pid)
 

@@ -41,6 +41,7 @@ from protocol.envelopes import Batch, BatchItem, decode_ack, decode_batch, encod
 from protocol.meters_csv import MeterRow
 from protocol.reading import Reading
 from protocol.wire import secret_key_from_seed, sign_reading
+from runtime.redact import redact_text, redact_url
 
 GATEWAY = "bench-gw"
 INTERVAL = 900
@@ -108,10 +109,11 @@ def _start_consumer(dsn: str, broker_url: str, client_id: str, logdir: Path,
     log = (logdir / f"{client_id}.log").open("ab")
     profiler = ["-m", "cProfile", "-o", str(profile_dir / f"{client_id}.prof")] if profile_dir else []
     proc = subprocess.Popen(
-        [sys.executable, *profiler, "-m", "gridtokenx", "cloud", "run", "--role", "ingest", "--database-url", dsn,
-         "--broker-url", broker_url, "--client-id", client_id, "--port", str(port), "--host", "127.0.0.1",
-         "--no-migrate", "--log-level", "WARNING"],
-        stdout=log, stderr=subprocess.STDOUT)
+        [sys.executable, *profiler, "-m", "gridtokenx", "cloud", "run", "--role", "ingest",
+         "--client-id", client_id, "--port", str(port), "--host", "127.0.0.1", "--no-migrate",
+         "--log-level", "WARNING"],
+        stdout=log, stderr=subprocess.STDOUT,
+        env=os.environ | {"DATABASE_URL": dsn, "GRIDTOKENX_CLOUD_BROKER_URL": broker_url})  # secrets: env, not argv
     log.close()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -246,7 +248,8 @@ def ingest(meters: int, readings: int, batch_size: int, rounds: str, admin_dsn: 
         results = run_bench(admin_dsn=admin_dsn, meters=meters, readings=readings, batch_size=batch_size,
                             rounds=counts, timeout=timeout, profile_dir=profile_dir, stages=steps)
     except (OSError, asyncpg.PostgresError) as exc:
-        raise click.ClickException(f"cannot use PostgreSQL at {admin_dsn} ({exc}); start it or pass "
+        raise click.ClickException(f"cannot use PostgreSQL at {redact_url(admin_dsn)} "
+                                   f"({redact_text(str(exc))}); start it or pass "
                                    "--database-url") from exc
     if as_json:
         click.echo(json.dumps({"benchmark": "ingest", "meters": meters, "batch_size": batch_size,

@@ -24,6 +24,7 @@ from solders.keypair import Keypair
 
 from cloud.db import create_scratch_database, drop_database, migrate
 from cloud.settings import ChainSettings, CloudSettings, TokenizationSettings
+from runtime.redact import redact_text, redact_url
 
 _INSERT = (
     "INSERT INTO meter_readings (meter_id, seq, wallet_address, interval_start, interval_end, export_wh, format,"
@@ -146,7 +147,8 @@ def mint(database_url: str, meters: int, wallets: int, backlog: int, rate: int, 
     try:
         doc = asyncio.run(_bench(database_url, meters, wallets, backlog, rate, duration, polling, batch_size))
     except (OSError, asyncpg.PostgresError) as exc:
-        raise click.ClickException(f"PostgreSQL at {database_url} is not usable ({exc}); start it or pass "
+        raise click.ClickException(f"PostgreSQL at {redact_url(database_url)} is not usable "
+                                   f"({redact_text(str(exc))}); start it or pass "
                                    "--database-url") from exc
     if as_json:
         click.echo(json.dumps(doc, indent=2))

@@ -25,11 +25,13 @@ from pathlib import Path
 from typing import Literal
 
 from gridtokenx.errors import GridtokenxError
+from runtime import assets
 from runtime.files import write_atomic
 
 Role = Literal["edge", "cloud"]
 
-CONFIG_ROOT = Path(__file__).resolve().parents[2] / "broker-config"
+#: broker-config/ of the checkout, or its copy in the installed wheel (runtime/assets.py).
+CONFIG_ROOT = assets.locate("broker-config")
 PBKDF2_ITERATIONS = 101  # mosquitto_passwd's default
 #: The commented-out client-certificate lines of the TLS listener in broker-config/*/mosquitto.conf.
 CLIENT_CERT_LINES = ("# require_certificate true", "# use_identity_as_username true")
@@ -45,8 +47,11 @@ def hash_password(password: str, *, salt: bytes | None = None) -> str:
     return f"$7${PBKDF2_ITERATIONS}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
 
 
-def write_password_file(path: Path, users: Mapping[str, str]) -> None:
+def write_password_file(path: Path, users: Mapping[str, str], hashed: Mapping[str, str] | None = None) -> None:
+    """Mosquitto's password file: `users` (plain passwords, hashed here) and `hashed` (already in
+    Mosquitto's `$7$` format, e.g. handed over by a meter vendor)."""
     lines = [f"{user}:{hash_password(pw)}\n" for user, pw in users.items()]
+    lines += [f"{user}:{digest}\n" for user, digest in (hashed or {}).items()]
     write_atomic(path, "".join(lines))
 
 
@@ -65,11 +70,12 @@ def mosquitto_binary() -> str:
 
 def render_config(role: Role, *, workdir: Path, port: int, tls_port: int | None = None,
                   certs_dir: Path | None = None, config_root: Path = CONFIG_ROOT,
-                  client_certs: bool = False) -> Path:
+                  client_certs: bool = False, bind: str = "127.0.0.1", log_to_stderr: bool = False) -> Path:
     """Write a local copy of broker-config/{role}/mosquitto.conf into `workdir`; returns its path.
 
     `client_certs` turns on the documented option of the TLS listener: a client certificate signed
-    by the CA is required, and its CN is the username (meters with secure elements)."""
+    by the CA is required, and its CN is the username (meters with secure elements). `bind` is the
+    listeners' address; `log_to_stderr` also logs to the terminal (`gridtokenx broker run`)."""
     source = (config_root / role / "mosquitto.conf").read_text().splitlines()
     data_dir = workdir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -90,9 +96,9 @@ def render_config(role: Role, *, workdir: Path, port: int, tls_port: int | None 
             if in_tls:
                 if tls_port is None:
                     continue
-                out.append(f"listener {tls_port} 127.0.0.1")
+                out.append(f"listener {tls_port} {bind}")
             else:
-                out.append(f"listener {port} 127.0.0.1")
+                out.append(f"listener {port} {bind}")
             continue
         if in_tls and tls_port is None:
             continue  # the TLS listener's own settings (listeners come last in broker-config/)
@@ -106,6 +112,8 @@ def render_config(role: Role, *, workdir: Path, port: int, tls_port: int | None 
             continue
         out.append(line)
     out.append(f"log_dest file {workdir / 'mosquitto.log'}")
+    if log_to_stderr:
+        out.append("log_dest stderr")
     if os.geteuid() == 0:
         # Started as root, mosquitto would switch to user "mosquitto" and lose access to workdir.
         out.append("user root")
