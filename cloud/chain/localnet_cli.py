@@ -27,20 +27,25 @@ from cloud.chain.svm import SvmLedger
               help="share of sends that land but answer HTTP 504")
 @click.option("--status-delay", default=0.0, show_default=True, help="seconds a landed status stays hidden")
 @click.option("--rate-limit", default=0, show_default=True, help="requests per second before HTTP 429 (0: off)")
+@click.option("--rate-limit-code", type=click.Choice(["429", "-32005"]), default="429", show_default=True,
+              help="answer over the limit with HTTP 429 + Retry-After, or JSON-RPC error -32005")
+@click.option("--congestion-price", default=0, show_default=True,
+              help="drop transactions paying under this many micro-lamports per compute unit (0: off)")
 @click.option("--blockhash-ttl", default=150, show_default=True, help="slots a blockhash stays valid")
 @click.option("--slot-ms", default=400, show_default=True, help="milliseconds per slot")
 @click.option("--seed", type=int, help="seed for the fault RNG (reproducible runs)")
 @click.option("--ready-file", type=click.Path(path_type=Path, dir_okay=False),
               help="write {\"url\": ...} here once listening (for scripts and tests)")
 def localnet(host: str, port: int, state_dir: Path | None, drop_sends: float, timeout_after_land: float,
-             status_delay: float, rate_limit: int, blockhash_ttl: int, slot_ms: int, seed: int | None,
-             ready_file: Path | None) -> None:
+             status_delay: float, rate_limit: int, rate_limit_code: str, congestion_price: int,
+             blockhash_ttl: int, slot_ms: int, seed: int | None, ready_file: Path | None) -> None:
     for name, rate in (("--drop-sends", drop_sends), ("--timeout-after-land", timeout_after_land)):
         if not 0.0 <= rate <= 1.0:
             raise click.BadParameter(f"{name} is a share between 0 and 1, not {rate}")
     ledger = SvmLedger(journal=state_dir / "ledger.jsonl" if state_dir else None, blockhash_ttl=blockhash_ttl,
                        slot_secs=slot_ms / 1000)
-    net = Localnet(ledger, Faults(drop_sends, timeout_after_land, status_delay, rate_limit, seed))
+    net = Localnet(ledger, Faults(drop_sends, timeout_after_land, status_delay, rate_limit, seed,
+                                  congestion_price=congestion_price, rate_limit_code=int(rate_limit_code)))
     try:
         asyncio.run(_serve(net, host, port, ready_file))
     except OSError as exc:
@@ -62,10 +67,11 @@ async def _serve(net: Localnet, host: str, port: int, ready_file: Path | None) -
     if port == 0 and sockets:
         port = sockets[0].getsockname()[1]
     url = f"http://{host}:{port}"
-    click.echo(f"localnet listening on {url} (faults: {net.faults})", err=True)
+    ws_url = f"ws://{host}:{port}"
+    click.echo(f"localnet listening on {url}, WebSocket {ws_url} (faults: {net.faults})", err=True)
     if ready_file is not None:
         tmp = ready_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"url": url}))
+        tmp.write_text(json.dumps({"url": url, "ws_url": ws_url}))
         tmp.replace(ready_file)
     try:
         await stop.wait()

@@ -1,15 +1,22 @@
-"""Mint transactions: idempotent ATA create + mint_to per wallet, a memo naming the batch.
+"""Mint transactions: compute budget, idempotent ATA create + mint_to per wallet, a memo naming the batch.
 
-Sizes were measured (see tests/cloud/chain/test_tx.py): a legacy and a v0 message without lookup
-tables are within 2 bytes of each other, and 10 wallets plus a short memo fit in 1,232 bytes while
-11 do not. `pack` measures the real serialized size instead of trusting a constant.
+Every mint transaction starts with SetComputeUnitLimit (from the measured cost of its shape, see
+the minter) and SetComputeUnitPrice (the priority fee, micro-lamports per unit). Sizes were
+measured (see tests/cloud/chain/test_tx_and_ledger.py): a legacy and a v0 message without lookup
+tables are within 2 bytes of each other; without the two compute-budget instructions 10 wallets
+plus a short memo fit in 1,232 bytes, with them 9 do and 10 do not. `max_wallets_per_tx` measures
+the real serialized size (with both budget instructions) instead of trusting a constant.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import spl.token.instructions as spl
+from solders.compute_budget import ID as COMPUTE_BUDGET_ID
+from solders.compute_budget import set_compute_unit_limit, set_compute_unit_price
 from solders.hash import Hash
 from solders.instruction import Instruction
 from solders.keypair import Keypair
@@ -25,6 +32,43 @@ from cloud.chain.svm import MEMO_PROGRAM_ID
 PACKET_DATA_SIZE = 1232
 MINT_ACCOUNT_SIZE = 82
 _DUMMY_HASH = Hash.default()
+MAX_COMPUTE_UNITS = 1_400_000  # per transaction, the runtime's ceiling
+LAMPORTS_PER_SIGNATURE = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class ComputeBudget:
+    """The two compute-budget instructions of a transaction: unit limit and price (micro-lamports/unit)."""
+
+    unit_limit: int
+    unit_price: int = 0
+
+    def priority_fee(self) -> int:
+        """Lamports paid on top of the signature fee: ceil(limit x price / 1e6), as the runtime charges."""
+        return math.ceil(self.unit_limit * self.unit_price / 1_000_000)
+
+    def fee(self, signatures: int = 1) -> int:
+        return LAMPORTS_PER_SIGNATURE * signatures + self.priority_fee()
+
+    def instructions(self) -> list[Instruction]:
+        return [set_compute_unit_limit(self.unit_limit), set_compute_unit_price(self.unit_price)]
+
+
+def budget_of(tx: VersionedTransaction) -> ComputeBudget | None:
+    """The compute budget a signed transaction carries (None without a unit limit instruction)."""
+    msg = tx.message
+    keys = msg.account_keys
+    limit: int | None = None
+    price = 0
+    for ix in msg.instructions:
+        if keys[ix.program_id_index] != COMPUTE_BUDGET_ID:
+            continue
+        data = bytes(ix.data)
+        if data[:1] == b"\x02" and len(data) >= 5:
+            limit = int.from_bytes(data[1:5], "little")
+        elif data[:1] == b"\x03" and len(data) >= 9:
+            price = int.from_bytes(data[1:9], "little")
+    return None if limit is None else ComputeBudget(limit, price)
 
 
 def token_account(identity: MintIdentity, wallet: Pubkey) -> Pubkey:
@@ -41,8 +85,9 @@ def mint_instructions(identity: MintIdentity, wallet: Pubkey, amount: int) -> li
 
 
 def build_mint_tx(identity: MintIdentity, entries: Sequence[tuple[Pubkey, int]], memo: str,
-                  blockhash: Hash) -> VersionedTransaction:
-    ixs: list[Instruction] = []
+                  blockhash: Hash, budget: ComputeBudget | None = None) -> VersionedTransaction:
+    """`budget` None: no compute-budget instructions (only to measure the cost of the rest)."""
+    ixs: list[Instruction] = [] if budget is None else budget.instructions()
     for wallet, amount in entries:
         ixs.extend(mint_instructions(identity, wallet, amount))
     ixs.append(Instruction(MEMO_PROGRAM_ID, memo.encode(), []))
@@ -51,7 +96,9 @@ def build_mint_tx(identity: MintIdentity, entries: Sequence[tuple[Pubkey, int]],
 
 
 def fits(identity: MintIdentity, entries: Sequence[tuple[Pubkey, int]], memo: str) -> bool:
-    return len(bytes(build_mint_tx(identity, entries, memo, _DUMMY_HASH))) <= PACKET_DATA_SIZE
+    """With both compute-budget instructions (their size does not depend on their values)."""
+    widest = ComputeBudget(MAX_COMPUTE_UNITS, 2**64 - 1)
+    return len(bytes(build_mint_tx(identity, entries, memo, _DUMMY_HASH, widest))) <= PACKET_DATA_SIZE
 
 
 def max_wallets_per_tx(identity: MintIdentity, memo: str) -> int:
