@@ -110,8 +110,8 @@ def max_wallets_per_tx(identity: MintIdentity, memo: str) -> int:
 
 
 def create_mint_tx(authority: Keypair, mint: Keypair, decimals: int, token_program: Pubkey, rent: int,
-                   blockhash: Hash) -> VersionedTransaction:
-    ixs = [
+                   blockhash: Hash, budget: ComputeBudget | None = None) -> VersionedTransaction:
+    ixs = [*(budget.instructions() if budget else []),
         create_account(CreateAccountParams(from_pubkey=authority.pubkey(), to_pubkey=mint.pubkey(),
                                            lamports=rent, space=MINT_ACCOUNT_SIZE, owner=token_program)),
         spl.initialize_mint(InitializeMintParams(decimals=decimals, program_id=token_program,

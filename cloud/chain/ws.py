@@ -49,6 +49,7 @@ class SignatureWatcher:
         self.wake = asyncio.Event()  # set on every notification and every change of connection state
         self.generation = 0
         self.messages = 0  # subscribe requests sent (WebSocket frames, not HTTP requests)
+        self.notifications = 0  # landings learnt by notification
         self._client: SolanaWsClient | None = None
         self._subs: dict[str, _Sub] = {}
         self._by_id: dict[int, str] = {}
@@ -157,6 +158,7 @@ class SignatureWatcher:
         err = getattr(value, "err", None)
         if not hasattr(value, "err"):
             return  # a "received" notification (not asked for): not a landing
+        self.notifications += 1
         self.landed[sig] = SignatureStatus(note.result.context.slot, None if err is None else str(err))
         self.wake.set()
 

@@ -38,6 +38,7 @@ from cloud.chain.base import (
     SendRefused,
     SignatureStatus,
 )
+from cloud.chain.fees import wanted_price
 from cloud.chain.tx import MAX_COMPUTE_UNITS, ComputeBudget, budget_of, build_mint_tx, max_wallets_per_tx
 from cloud.chain.ws import SignatureWatcher
 from cloud.minter import metrics, store
@@ -55,14 +56,6 @@ def rent_exempt_lamports(size: int) -> int:
     """Rent-exempt minimum for an account of `size` bytes at the default rent (3,480 lamports/byte-year x 2)."""
     return (128 + size) * 3480 * 2
 
-
-def percentile(values: Sequence[int], pct: int) -> int:
-    """Nearest-rank percentile; 0 for no values."""
-    if not values:
-        return 0
-    ordered = sorted(values)
-    rank = max(1, math.ceil(pct / 100 * len(ordered)))
-    return ordered[min(rank, len(ordered)) - 1]
 
 
 class Minter:
@@ -145,17 +138,8 @@ class Minter:
                      self.unit_limits)
 
     async def priority_price(self) -> int:
-        chain = self.settings.chain
-        cap = chain.priority_fee_max_micro_lamports
-        if chain.priority_fee_mode == "none":
-            return 0
-        wanted = chain.priority_fee_micro_lamports
-        if chain.priority_fee_mode == "dynamic":
-            fees = await self.backend.recent_priority_fees([self.identity.mint])
-            wanted = max(wanted, percentile(fees, chain.priority_fee_percentile))
-        elif chain.priority_fee_mode != "fixed":
-            raise ChainError(f"GRIDTOKENX_PRIORITY_FEE_MODE must be none, fixed or dynamic, "
-                             f"not {chain.priority_fee_mode!r}")
+        cap = self.settings.chain.priority_fee_max_micro_lamports
+        wanted = await wanted_price(self.backend, self.settings.chain, [self.identity.mint])
         if wanted > cap:
             if not self._capped_warned:
                 log.warning("priority fee %d µlamports/unit wanted, capped at %d "
