@@ -15,7 +15,8 @@ forever. Faults are drawn per request from a seeded RNG:
   accepted and never processed (a congested leader drops it), and getRecentPrioritizationFees
   reports that price in every recent slot, as the competing traffic paid it.
 
-A WebSocket endpoint on the same address (`GET /` with Upgrade, as `ws://host:port`) serves
+A WebSocket endpoint on the same address (`GET /` with Upgrade, as `ws://host:port`) and on
+port + 1 (the validator's convention, `--ws-port`) serves
 signatureSubscribe (notified at `confirmed` when the status becomes visible, then removed),
 logsSubscribe ("all" or {"mentions": [address]}) and slotSubscribe. `POST /faults/ws` with
 {"up": false} closes every socket and refuses new ones until {"up": true}: a cut connection.
@@ -123,6 +124,12 @@ class Localnet:
         app.router.add_get("/", self._websocket)
         app.router.add_get("/health", self._health)
         app.router.add_post("/faults/ws", self._ws_fault)
+        return app
+
+    def ws_app(self) -> web.Application:
+        """The WebSocket alone, for a second port (port + 1, as solana-test-validator serves it)."""
+        app = web.Application()
+        app.router.add_get("/", self._websocket)
         return app
 
     # -- WebSocket ------------------------------------------------------------------------------

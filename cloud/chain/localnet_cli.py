@@ -20,6 +20,8 @@ from cloud.chain.svm import SvmLedger
                "Blockhashes live --blockhash-ttl slots of --slot-ms each.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8899, show_default=True, help="0 picks a free port (printed at start)")
+@click.option("--ws-port", type=int, help="also serve the WebSocket here (default: port + 1 as a validator "
+              "does; 0 picks a free one; -1: only on --port)")
 @click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False),
               help="keep the ledger (accounts + signature history) in DIR/ledger.jsonl across restarts")
 @click.option("--drop-sends", default=0.0, show_default=True, help="share of sendTransaction silently dropped")
@@ -36,7 +38,8 @@ from cloud.chain.svm import SvmLedger
 @click.option("--seed", type=int, help="seed for the fault RNG (reproducible runs)")
 @click.option("--ready-file", type=click.Path(path_type=Path, dir_okay=False),
               help="write {\"url\": ...} here once listening (for scripts and tests)")
-def localnet(host: str, port: int, state_dir: Path | None, drop_sends: float, timeout_after_land: float,
+def localnet(host: str, port: int, ws_port: int | None, state_dir: Path | None, drop_sends: float,
+             timeout_after_land: float,
              status_delay: float, rate_limit: int, rate_limit_code: str, congestion_price: int,
              blockhash_ttl: int, slot_ms: int, seed: int | None, ready_file: Path | None) -> None:
     for name, rate in (("--drop-sends", drop_sends), ("--timeout-after-land", timeout_after_land)):
@@ -47,14 +50,14 @@ def localnet(host: str, port: int, state_dir: Path | None, drop_sends: float, ti
     net = Localnet(ledger, Faults(drop_sends, timeout_after_land, status_delay, rate_limit, seed,
                                   congestion_price=congestion_price, rate_limit_code=int(rate_limit_code)))
     try:
-        asyncio.run(_serve(net, host, port, ready_file))
+        asyncio.run(_serve(net, host, port, ready_file, ws_port))
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port} ({exc}); pick another --port") from exc
     finally:
         ledger.close()
 
 
-async def _serve(net: Localnet, host: str, port: int, ready_file: Path | None) -> None:
+async def _serve(net: Localnet, host: str, port: int, ready_file: Path | None, ws_port: int | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -64,10 +67,22 @@ async def _serve(net: Localnet, host: str, port: int, ready_file: Path | None) -
     site = web.TCPSite(runner, host, port)
     await site.start()
     sockets = getattr(site._server, "sockets", None)
+    if ws_port is None:
+        ws_port = port + 1 if port else 0
     if port == 0 and sockets:
         port = sockets[0].getsockname()[1]
     url = f"http://{host}:{port}"
     ws_url = f"ws://{host}:{port}"
+    ws_runner: web.AppRunner | None = None
+    if ws_port >= 0:
+        ws_runner = web.AppRunner(net.ws_app(), access_log=None)
+        await ws_runner.setup()
+        ws_site = web.TCPSite(ws_runner, host, ws_port)
+        await ws_site.start()
+        ws_sockets = getattr(ws_site._server, "sockets", None)
+        if ws_port == 0 and ws_sockets:
+            ws_port = ws_sockets[0].getsockname()[1]
+        ws_url = f"ws://{host}:{ws_port}"
     click.echo(f"localnet listening on {url}, WebSocket {ws_url} (faults: {net.faults})", err=True)
     if ready_file is not None:
         tmp = ready_file.with_suffix(".tmp")
@@ -79,3 +94,6 @@ async def _serve(net: Localnet, host: str, port: int, ready_file: Path | None) -
         click.echo(f"localnet stopping: {net.counters}", err=True)
         with contextlib.suppress(Exception):
             await runner.cleanup()
+        if ws_runner is not None:
+            with contextlib.suppress(Exception):
+                await ws_runner.cleanup()

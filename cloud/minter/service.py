@@ -78,6 +78,7 @@ class Minter:
         self._clean: dict[str, int] = {}  # signature -> watcher generation in which nothing can be missed
         self._fee_payer_ok = True
         self._fee_payer_checked = -math.inf
+        self.fee_payer_checks = 0
         self._capped_warned = False
         self.confirmed_batches = 0
 
@@ -163,6 +164,7 @@ class Minter:
         if not force and now - self._fee_payer_checked < every:
             return self._fee_payer_ok
         self._fee_payer_checked = now
+        self.fee_payer_checks += 1
         lamports = await self.backend.lamports(self.identity.authority.pubkey())
         per_batch = self.worst_batch_lamports()
         left = lamports // per_batch
