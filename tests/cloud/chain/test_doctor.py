@@ -128,8 +128,8 @@ def _break_minter_alive(s: CloudSettings, o: DoctorOptions, _b: Mosquitto) -> tu
 def _break_retry_queue(s: CloudSettings, o: DoctorOptions, _b: Mosquitto) -> tuple[CloudSettings, DoctorOptions]:
     async def dead_letter() -> None:
         fleet = await add_fleet(s.database_url, meters=1, readings_per_meter=1, seed=43)
-        await _sql(s.database_url, "INSERT INTO minting_retry_queue (reading_id, attempts, error_message, dead_lettered)"
-                                   f" VALUES ({fleet.reading_ids[0]}, 10, 'InstructionError', TRUE)")
+        await _sql(s.database_url, "INSERT INTO minting_retry_queue (reading_id, attempts, error_message,"
+                                   f" dead_lettered) VALUES ({fleet.reading_ids[0]}, 10, 'InstructionError', TRUE)")
 
     asyncio.run(dead_letter())
     return s, o
