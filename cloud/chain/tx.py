@@ -24,6 +24,7 @@ from solders.message import MessageV0
 from solders.pubkey import Pubkey
 from solders.system_program import CreateAccountParams, create_account
 from solders.transaction import VersionedTransaction
+from spl.token.constants import ASSOCIATED_TOKEN_PROGRAM_ID
 from spl.token.models import InitializeMintParams, MintToParams
 
 from cloud.chain.base import MintIdentity
@@ -33,6 +34,7 @@ PACKET_DATA_SIZE = 1232
 MINT_ACCOUNT_SIZE = 82
 _DUMMY_HASH = Hash.default()
 MAX_COMPUTE_UNITS = 1_400_000  # per transaction, the runtime's ceiling
+UNITS_PER_BUMP_ITERATION = 1500  # measured: each bump find_program_address tries past 255 costs this
 LAMPORTS_PER_SIGNATURE = 5000
 
 
@@ -73,6 +75,14 @@ def budget_of(tx: VersionedTransaction) -> ComputeBudget | None:
 
 def token_account(identity: MintIdentity, wallet: Pubkey) -> Pubkey:
     return spl.get_associated_token_address(wallet, identity.mint, identity.token_program)
+
+
+def ata_bump_iterations(identity: MintIdentity, wallet: Pubkey) -> int:
+    """Bumps tried beyond the first when deriving this wallet's token account: the ATA program pays
+    UNITS_PER_BUMP_ITERATION compute units for each, so a transaction's cost depends on its wallets."""
+    _, bump = Pubkey.find_program_address(
+        [bytes(wallet), bytes(identity.token_program), bytes(identity.mint)], ASSOCIATED_TOKEN_PROGRAM_ID)
+    return 255 - bump
 
 
 def mint_instructions(identity: MintIdentity, wallet: Pubkey, amount: int) -> list[Instruction]:

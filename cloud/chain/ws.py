@@ -1,4 +1,10 @@
-"""Confirmation by subscription: `signatureSubscribe` over SOLANA_WS_URL (solana-py's SolanaWsClient).
+"""Confirmation by subscription: `signatureSubscribe` over SOLANA_WS_URL.
+
+The JSON-RPC over WebSocket is spoken here directly (the `websockets` library, as solana-py does):
+solana-py's SolanaWsClient parses each frame with solders, which (solders 0.27) rejects a
+signatureNotification whose error is `{"InstructionError": [i, {"Custom": n}]}`, the very error a
+failed mint_to reports, and that aborts the whole connection. Only two fields matter to us: the
+slot and whether `err` is null.
 
 The watcher only ever *adds* knowledge: a notification for a signature says it landed at `confirmed`
 (with or without an error), exactly what a getSignatureStatuses answer would say. It never says that
@@ -16,14 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import json
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import Counter, Gauge
-from solana.rpc.commitment import Confirmed
-from solana.rpc.websocket_api import SolanaWsClient
-from solders.rpc.responses import SignatureNotification
-from solders.signature import Signature
+from websockets.asyncio.client import ClientConnection, connect
 
 from cloud.chain.base import SignatureStatus
 
@@ -50,16 +56,18 @@ class SignatureWatcher:
         self.generation = 0
         self.messages = 0  # subscribe requests sent (WebSocket frames, not HTTP requests)
         self.notifications = 0  # landings learnt by notification
-        self._client: SolanaWsClient | None = None
+        self._ws: ClientConnection | None = None
         self._subs: dict[str, _Sub] = {}
         self._by_id: dict[int, str] = {}
+        self._pending: dict[int, tuple[str, asyncio.Future[int]]] = {}
+        self._ids = itertools.count(1)
         self._task: asyncio.Task[None] | None = None
         self._up = asyncio.Event()
         self._warned = False
 
     @property
     def healthy(self) -> bool:
-        return self._client is not None and self._up.is_set()
+        return self._ws is not None and self._up.is_set()
 
     def start(self) -> None:
         if self._task is None:
@@ -85,22 +93,27 @@ class SignatureWatcher:
     async def watch(self, signatures: list[str]) -> set[str]:
         """Subscribe the signatures not yet subscribed on this connection; returns those now subscribed
         (acknowledged by the node). An error drops the connection: the caller falls back to polling."""
-        client = self._client
-        if client is None or not self.healthy:
+        ws = self._ws
+        if ws is None or not self.healthy:
             return set()
+        todo = [s for s in signatures if s not in self.landed and not self.subscribed(s)]
         try:
-            for sig in signatures:
-                if sig in self.landed or self.subscribed(sig):
-                    continue
+            waits = []
+            for sig in todo:
+                rid = next(self._ids)
+                fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+                fut.add_done_callback(_retrieve)
+                self._pending[rid] = (sig, fut)
                 self.messages += 1
-                sub = await asyncio.wait_for(client.signature_subscribe(
-                    signature=Signature.from_string(sig), commitment=Confirmed), self.request_timeout)
-                self._subs[sig] = _Sub(sub.subscription_id, self.generation)
-                self._by_id[sub.subscription_id] = sig
-        except Exception as exc:  # any socket failure: poll until it is back
+                await ws.send(json.dumps({"jsonrpc": "2.0", "id": rid, "method": "signatureSubscribe",
+                                          "params": [sig, {"commitment": "confirmed"}]}))
+                waits.append(fut)
+            if waits:
+                await asyncio.wait_for(asyncio.gather(*waits), self.request_timeout)
+        except Exception as exc:  # any socket failure or refusal: poll until it is back
             self._lost(exc)
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.close(), 2.0)  # ends the reader, which reconnects
+                await asyncio.wait_for(ws.close(), 2.0)  # ends the reader, which reconnects
         return {s for s in signatures if self.subscribed(s)}
 
     def forget(self, signature: str) -> None:
@@ -114,9 +127,8 @@ class SignatureWatcher:
     async def _run(self) -> None:
         attempt = 0
         while True:
-            client = SolanaWsClient(self.url, request_timeout=self.request_timeout, open_timeout=self.request_timeout)
             try:
-                await client.connect()
+                ws = await connect(self.url, open_timeout=self.request_timeout, max_size=2**22)
             except Exception as exc:
                 attempt += 1
                 if not self._warned:
@@ -127,7 +139,7 @@ class SignatureWatcher:
                 continue
             attempt = 0
             self.generation += 1
-            self._client = client
+            self._ws = ws
             self._subs.clear()
             self._by_id.clear()
             self._up.set()
@@ -138,9 +150,8 @@ class SignatureWatcher:
                 self._warned = False
             self.wake.set()
             try:
-                async for note in client:
-                    if isinstance(note, SignatureNotification):
-                        self._notified(note)
+                async for raw in ws:
+                    self._frame(raw)
                 raise ConnectionError("socket closed")
             except asyncio.CancelledError:
                 raise
@@ -148,18 +159,38 @@ class SignatureWatcher:
                 self._lost(exc)
                 await self._drop()
 
-    def _notified(self, note: SignatureNotification) -> None:
-        WS_NOTIFICATIONS.inc()
-        sig = self._by_id.pop(note.subscription, None)
-        if sig is None:
+    def _frame(self, raw: str | bytes) -> None:
+        try:
+            msg: Any = json.loads(raw)
+        except ValueError:
             return
+        for item in msg if isinstance(msg, list) else [msg]:
+            if not isinstance(item, dict):
+                continue
+            if "id" in item and item["id"] in self._pending:
+                sig, fut = self._pending.pop(item["id"])
+                if "result" in item and isinstance(item["result"], int):
+                    self._subs[sig] = _Sub(item["result"], self.generation)
+                    self._by_id[item["result"]] = sig
+                    if not fut.done():
+                        fut.set_result(item["result"])
+                elif not fut.done():
+                    fut.set_exception(ConnectionError(f"signatureSubscribe refused: {item.get('error')}"))
+            elif item.get("method") == "signatureNotification":
+                self._notified(item.get("params") or {})
+
+    def _notified(self, params: dict[str, Any]) -> None:
+        WS_NOTIFICATIONS.inc()
+        sig = self._by_id.pop(params.get("subscription", -1), None)
+        result = params.get("result") or {}
+        value = result.get("value")
+        if sig is None or not isinstance(value, dict) or "err" not in value:
+            return  # unknown subscription, or a "receivedSignature" notice (not asked for): not a landing
         self._subs.pop(sig, None)
-        value = note.result.value
-        err = getattr(value, "err", None)
-        if not hasattr(value, "err"):
-            return  # a "received" notification (not asked for): not a landing
+        err = value["err"]
         self.notifications += 1
-        self.landed[sig] = SignatureStatus(note.result.context.slot, None if err is None else str(err))
+        self.landed[sig] = SignatureStatus(int((result.get("context") or {}).get("slot", 0)),
+                                           None if err is None else json.dumps(err))
         self.wake.set()
 
     def _lost(self, exc: BaseException) -> None:
@@ -172,11 +203,21 @@ class SignatureWatcher:
         self.wake.set()
 
     async def _drop(self) -> None:
-        client, self._client = self._client, None
+        ws, self._ws = self._ws, None
         self._up.clear()
         WS_CONNECTED.set(0)
         self._subs.clear()
         self._by_id.clear()
-        if client is not None:
+        for _sig, fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(ConnectionError("socket closed"))
+        self._pending.clear()
+        if ws is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.close(), 2.0)
+                await asyncio.wait_for(ws.close(), 2.0)
+
+
+def _retrieve(fut: asyncio.Future[int]) -> None:
+    """Mark a failed subscribe's exception as seen (the caller handles the first one)."""
+    if not fut.cancelled():
+        fut.exception()

@@ -39,7 +39,15 @@ from cloud.chain.base import (
     SignatureStatus,
 )
 from cloud.chain.fees import wanted_price
-from cloud.chain.tx import MAX_COMPUTE_UNITS, ComputeBudget, budget_of, build_mint_tx, max_wallets_per_tx
+from cloud.chain.tx import (
+    MAX_COMPUTE_UNITS,
+    UNITS_PER_BUMP_ITERATION,
+    ComputeBudget,
+    ata_bump_iterations,
+    budget_of,
+    build_mint_tx,
+    max_wallets_per_tx,
+)
 from cloud.chain.ws import SignatureWatcher
 from cloud.minter import metrics, store
 from cloud.minter.status import export, read_status
@@ -71,7 +79,9 @@ class Minter:
         self.max_wallets = max_wallets_per_tx(self.identity, store.memo_for(10**15))
         self._last_refusal: dict[int, str] = {}  # batch id -> why the node last refused it (for the error)
         self.watcher = watcher
-        self.unit_limits: dict[int, int] = {}  # wallets in the transaction -> compute-unit limit (measured)
+        # Wallets in a transaction -> compute units it consumed when measured (every token account created,
+        # every derivation at bump 255); the limit adds each real wallet's extra bump iterations and the margin.
+        self.unit_base: dict[int, int] = {}
         self.unit_price = 0  # micro-lamports per unit for the next signature
         self._sent_at: dict[str, float] = {}  # signature -> when this process last broadcast it
         self._signed_here: set[str] = set()  # signatures this process signed and has not broadcast yet
@@ -106,7 +116,7 @@ class Minter:
 
     def _sign(self, batch_id: int, transfers: list[tuple[str, int]], recent: RecentBlockhash) -> store.SignedTx:
         entries = [(Pubkey.from_string(w), a) for w, a in transfers]
-        budget = ComputeBudget(self.unit_limits.get(len(entries), MAX_COMPUTE_UNITS), self.unit_price)
+        budget = ComputeBudget(self.unit_limit(entries), self.unit_price)
         tx = build_mint_tx(self.identity, entries, store.memo_for(batch_id), recent.blockhash, budget)
         signature = str(tx.signatures[0])
         self._signed_here.add(signature)
@@ -114,17 +124,31 @@ class Minter:
         return store.SignedTx(signature, bytes(tx), str(recent.blockhash), recent.last_valid_block_height)
 
     # -- compute budget and fees ------------------------------------------------------------
+    def unit_limit(self, entries: Sequence[tuple[Pubkey, int]]) -> int:
+        """Measured units of this shape + UNITS_PER_BUMP_ITERATION per extra bump of its wallets, x margin."""
+        base = self.unit_base.get(len(entries))
+        if base is None:
+            return MAX_COMPUTE_UNITS
+        extra = sum(ata_bump_iterations(self.identity, w) for w, _ in entries) * UNITS_PER_BUMP_ITERATION
+        return min(MAX_COMPUTE_UNITS, math.ceil((base + extra) * self.settings.chain.compute_unit_margin))
+
+    def _probe_wallet(self) -> Pubkey:
+        """A fresh wallet whose token account derives at bump 255 (the cheapest case; others cost more)."""
+        while True:
+            wallet = Keypair().pubkey()
+            if ata_bump_iterations(self.identity, wallet) == 0:
+                return wallet
+
     async def _measure_units(self) -> None:
-        """Measure each transaction shape once (1..max_wallets new wallets: the dearest case, each ATA is
-        created); the limit is the measured units times GRIDTOKENX_COMPUTE_UNIT_MARGIN."""
-        if len(self.unit_limits) < self.max_wallets:
+        """Simulate each transaction shape once (1..max_wallets new wallets, so each token account is
+        created: the dearest case) and keep the units it consumed."""
+        if len(self.unit_base) < self.max_wallets:
             recent = await self.backend.latest_blockhash()
             memo = store.memo_for(10**15)
-            margin = self.settings.chain.compute_unit_margin
             for n in range(1, self.max_wallets + 1):
-                if n in self.unit_limits:
+                if n in self.unit_base:
                     continue
-                probe = build_mint_tx(self.identity, [(Keypair().pubkey(), 1) for _ in range(n)], memo,
+                probe = build_mint_tx(self.identity, [(self._probe_wallet(), 1) for _ in range(n)], memo,
                                       recent.blockhash, ComputeBudget(MAX_COMPUTE_UNITS, 0))
                 try:
                     units = await self.backend.simulate_units(bytes(probe))
@@ -134,9 +158,9 @@ class Minter:
                     log.warning("cannot measure compute units (%s); using %d until it can be", exc,
                                 MAX_COMPUTE_UNITS)
                     return
-                self.unit_limits[n] = min(MAX_COMPUTE_UNITS, math.ceil(units * margin))
-            log.info("compute-unit limits per wallets in a transaction (measured x %.2f): %s", margin,
-                     self.unit_limits)
+                self.unit_base[n] = units
+            log.info("compute units measured per wallets in a transaction (limit: + %d per extra bump, x %.2f): %s",
+                     UNITS_PER_BUMP_ITERATION, self.settings.chain.compute_unit_margin, self.unit_base)
 
     async def priority_price(self) -> int:
         cap = self.settings.chain.priority_fee_max_micro_lamports
@@ -152,7 +176,10 @@ class Minter:
 
     def worst_batch_lamports(self) -> int:
         """A full batch whose every wallet needs its token account created: fee + priority fee + rent."""
-        limit = self.unit_limits.get(self.max_wallets, MAX_COMPUTE_UNITS)
+        base = self.unit_base.get(self.max_wallets)
+        # A typical full batch: each wallet's derivation a few bumps past 255 (half need none, a quarter one, ...).
+        limit = (MAX_COMPUTE_UNITS if base is None else math.ceil(
+            (base + 2 * self.max_wallets * UNITS_PER_BUMP_ITERATION) * self.settings.chain.compute_unit_margin))
         return (ComputeBudget(limit, self.unit_price).fee()
                 + self.max_wallets * rent_exempt_lamports(TOKEN_ACCOUNT_SIZE))
 
