@@ -49,7 +49,7 @@ def _start_localnet(workdir: Path, status_delay: float) -> tuple[subprocess.Pope
 
 
 async def _one(admin_dsn: str, mode: str, *, meters: int, wallets: int, rate: int, duration: float,
-               status_delay: float) -> dict[str, Any]:
+               polling: float, status_delay: float) -> dict[str, Any]:
     from cloud.chain.factory import open_backend
     from cloud.chain.rpc import RpcBackend
     from cloud.chain.ws import SignatureWatcher
@@ -67,7 +67,7 @@ async def _one(admin_dsn: str, mode: str, *, meters: int, wallets: int, rate: in
             await conn.executemany("INSERT INTO meters (meter_id, public_key, wallet_address, meter_type, capacity_w)"
                                    " VALUES ($1, $2, $3, 'solar', 10000)",
                                    [(m, str(Keypair().pubkey()), keys[i % wallets]) for i, m in enumerate(meter_ids)])
-            tok = dataclasses.replace(TokenizationSettings(), polling_interval_secs=0.5)
+            tok = dataclasses.replace(TokenizationSettings(), polling_interval_secs=polling, batch_size=10_000)
             settings = CloudSettings(database_url=dsn, tokenization=tok, chain=ChainSettings(
                 backend="rpc", rpc_url=url, ws_url=url.replace("http://", "ws://"), state_dir=Path(tmp) / "chain",
                 confirm_mode=mode))
@@ -132,17 +132,19 @@ async def _one(admin_dsn: str, mode: str, *, meters: int, wallets: int, rate: in
               envvar="DATABASE_URL", help="admin connection used to create and drop the scratch databases")
 @click.option("--meters", default=200, show_default=True)
 @click.option("--wallets", default=200, show_default=True)
-@click.option("--rate", default=50, show_default=True, help="readings/s committed while the minter runs")
+@click.option("--rate", default=100, show_default=True, help="readings/s committed while the minter runs")
+@click.option("--polling", default=1.0, show_default=True, help="TOKENIZATION_POLLING_INTERVAL_SECS")
 @click.option("--duration", default=20.0, show_default=True, help="seconds of committing, per mode")
 @click.option("--status-delay", default=0.4, show_default=True, help="localnet: seconds before a status shows")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON document")
-def confirm(database_url: str, meters: int, wallets: int, rate: int, duration: float, status_delay: float,
-            as_json: bool) -> None:
+def confirm(database_url: str, meters: int, wallets: int, rate: int, polling: float, duration: float,
+            status_delay: float, as_json: bool) -> None:
     results = []
     for mode in ("subscribe", "poll"):
         results.append(asyncio.run(_one(database_url, mode, meters=meters, wallets=wallets, rate=rate,
-                                        duration=duration, status_delay=status_delay)))
-    doc = {"stage": "confirm", "rate_per_sec": rate, "duration_secs": duration, "status_delay_secs": status_delay,
+                                        duration=duration, polling=polling, status_delay=status_delay)))
+    doc = {"stage": "confirm", "rate_per_sec": rate, "duration_secs": duration, "polling_secs": polling,
+           "status_delay_secs": status_delay,
            "modes": results}
     if as_json:
         click.echo(json.dumps(doc, indent=2))

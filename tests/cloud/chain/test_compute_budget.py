@@ -1,7 +1,7 @@
 """Each mint transaction's compute-unit limit comes from the measured cost of its shape plus what its own
 wallets add: deriving a token account costs 1,500 units per bump tried beyond 255, so a limit measured
 on random wallets with a flat margin fails for wallets that derive at a low bump (found by
-`gridtokenx bench confirm`: batches landed with ComputationalBudgetExceeded)."""
+`gridtokenx bench confirm`: batches landed with an instruction error)."""
 
 from __future__ import annotations
 
