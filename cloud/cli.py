@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from cloud import ingest_cli, mint_cli
+from cloud import doctor, ingest_cli, mint_cli
 
 
 @click.group(help="Cloud: migrations, meter registry, ingest consumer, minter, reconciliation and status.")
@@ -16,5 +16,5 @@ def cloud() -> None:
     pass
 
 
-for command in (*ingest_cli.COMMANDS, *mint_cli.COMMANDS):
+for command in (*ingest_cli.COMMANDS, *mint_cli.COMMANDS, doctor.doctor):
     cloud.add_command(command)

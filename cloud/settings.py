@@ -63,6 +63,26 @@ class ChainSettings:
     embedded_slot_secs: float = field(default=0.4, metadata={"env": "GRIDTOKENX_EMBEDDED_SLOT_SECS"})
     embedded_blockhash_ttl: int = field(default=150, metadata={"env": "GRIDTOKENX_EMBEDDED_BLOCKHASH_TTL"})
     """Embedded chain: wall-clock slot length and blockhash lifetime in slots (mainnet: 0.4 s, 150)."""
+    priority_fee_mode: str = field(default="dynamic", metadata={"env": "GRIDTOKENX_PRIORITY_FEE_MODE"})
+    """`none` (price 0), `fixed` (GRIDTOKENX_PRIORITY_FEE_MICROLAMPORTS) or `dynamic` (a percentile of
+    getRecentPrioritizationFees over the mint's accounts, at least the fixed price)."""
+    priority_fee_micro_lamports: int = field(default=0, metadata={"env": "GRIDTOKENX_PRIORITY_FEE_MICROLAMPORTS"})
+    priority_fee_max_micro_lamports: int = field(
+        default=100_000, metadata={"env": "GRIDTOKENX_PRIORITY_FEE_MAX_MICROLAMPORTS"})
+    """Cap on the price per compute unit, whatever the mode (100,000 µlamports x ~300k units = 0.0003 SOL)."""
+    priority_fee_percentile: int = field(default=75, metadata={"env": "GRIDTOKENX_PRIORITY_FEE_PERCENTILE"})
+    compute_unit_margin: float = field(default=1.2, metadata={"env": "GRIDTOKENX_COMPUTE_UNIT_MARGIN"})
+    """Unit limit = measured units of the transaction's shape x this margin."""
+    confirm_mode: str = field(default="subscribe", metadata={"env": "GRIDTOKENX_CONFIRM_MODE"})
+    """rpc backend: `subscribe` (signatureSubscribe over SOLANA_WS_URL, polling while the socket is down)
+    or `poll` (getSignatureStatuses every GRIDTOKENX_CONFIRM_POLL_SECS)."""
+    rebroadcast_secs: float = field(default=1.0, metadata={"env": "GRIDTOKENX_REBROADCAST_SECS"})
+    """An open batch's bytes are sent again at most this often (and a subscribed batch is checked this often)."""
+    rate_limit_retries: int = field(default=4, metadata={"env": "GRIDTOKENX_RPC_RATE_LIMIT_RETRIES"})
+    rate_limit_max_backoff_secs: float = field(
+        default=10.0, metadata={"env": "GRIDTOKENX_RPC_RATE_LIMIT_MAX_BACKOFF_SECS"})
+    fee_payer_min_batches: int = field(default=100, metadata={"env": "GRIDTOKENX_FEE_PAYER_MIN_BATCHES"})
+    """Alert (gridtokenx_alert{name="fee_payer_low"}) when the authority's SOL pays fewer worst-case batches."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -79,6 +79,12 @@ class ChainBackend(Protocol):
     async def signatures_for_address(self, address: Pubkey, *, before: str | None = None,
                                      limit: int = 1000) -> list[SignatureInfo]: ...
 
+    async def simulate_units(self, raw: bytes) -> int:
+        """Compute units a signed transaction would consume now (nothing is kept)."""
+
+    async def recent_priority_fees(self, accounts: list[Pubkey]) -> list[int]:
+        """Per recent slot, the lowest priority fee (micro-lamports/unit) that landed writing `accounts`."""
+
     async def token_balance(self, token_account: Pubkey) -> int:
         """Base units in a token account; 0 when it does not exist."""
 

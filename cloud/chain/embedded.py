@@ -68,6 +68,15 @@ class EmbeddedBackend:
         except TxRefused as exc:
             raise SendRefused(exc.reason) from exc
 
+    async def simulate_units(self, raw: bytes) -> int:
+        try:
+            return self.ledger.simulate_units(VersionedTransaction.from_bytes(raw))
+        except TxRefused as exc:
+            raise SendRefused(exc.reason) from exc
+
+    async def recent_priority_fees(self, accounts: list[Pubkey]) -> list[int]:
+        return [fee for _, fee in self.ledger.prioritization_fees([str(a) for a in accounts])]
+
     async def signature_statuses(self, signatures: list[str]) -> list[SignatureStatus | None]:
         out: list[SignatureStatus | None] = []
         for sig in signatures:

@@ -18,7 +18,9 @@ async def open_backend(settings: CloudSettings) -> ChainBackend:
     elif chain.backend == "rpc":
         from cloud.chain.rpc import RpcBackend
 
-        backend = RpcBackend(chain.rpc_url, timeout=chain.rpc_timeout_secs)
+        backend = RpcBackend(chain.rpc_url, timeout=chain.rpc_timeout_secs,
+                             rate_limit_retries=chain.rate_limit_retries,
+                             max_backoff_secs=chain.rate_limit_max_backoff_secs)
     else:
         raise ChainError(f"GRIDTOKENX_CHAIN_BACKEND must be embedded or rpc, not {chain.backend!r}")
     try:

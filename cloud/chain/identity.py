@@ -27,6 +27,7 @@ AUTHORITY_FILE = "mint-authority.json"
 MINT_FILE = "mint.json"
 RENT_EXEMPT_MINT = (128 + 82) * 3480 * 2  # lamports; rent-exempt minimum for an 82-byte account
 AIRDROP_LAMPORTS = 10 * 10**9
+CREATE_MINT_UNITS = 20_000  # create_account + initialize_mint use ~3,100 units (SPL Token), more for Token-2022
 
 
 class IdentityError(ChainError):
@@ -81,18 +82,20 @@ async def ensure_identity(backend: ChainBackend, chain: ChainSettings,
             return MintIdentity(authority, mint, int(doc["decimals"]), program)
         raise IdentityError(f"mint {mint} from {mint_file} is not on this cluster; point at the cluster "
                             "that has it, or remove the file to create a new mint")
-    return await _create_mint(backend, authority, tokenization.decimals, program, mint_file)
+    return await _create_mint(backend, authority, tokenization.decimals, program, mint_file, chain)
 
 
 async def _create_mint(backend: ChainBackend, authority: Keypair, decimals: int, program: Pubkey,
-                       mint_file: Path) -> MintIdentity:
-    from cloud.chain.tx import create_mint_tx
+                       mint_file: Path, chain: ChainSettings) -> MintIdentity:
+    from cloud.chain.fees import unit_price
+    from cloud.chain.tx import ComputeBudget, create_mint_tx
 
     if await backend.lamports(authority.pubkey()) < AIRDROP_LAMPORTS // 10:
         await backend.airdrop(authority.pubkey(), AIRDROP_LAMPORTS)
     mint = Keypair()
     recent = await backend.latest_blockhash()
-    tx = create_mint_tx(authority, mint, decimals, program, RENT_EXEMPT_MINT, recent.blockhash)
+    budget = ComputeBudget(CREATE_MINT_UNITS, await unit_price(backend, chain, [authority.pubkey()]))
+    tx = create_mint_tx(authority, mint, decimals, program, RENT_EXEMPT_MINT, recent.blockhash, budget)
     raw, sig = bytes(tx), str(tx.signatures[0])
     while True:
         try:

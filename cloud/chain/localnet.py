@@ -9,12 +9,25 @@ forever. Faults are drawn per request from a seeded RNG:
 - timeout_after_land: process it, then answer HTTP 504 (the client cannot know it landed);
 - status_delay: hide a landed signature's status for that many seconds (confirmation latency; the
   finalized block height lags by the same time, as on a real node);
-- rate_limit: more than N requests in one second get HTTP 429.
+- rate_limit: more than N requests in one second get HTTP 429 with `Retry-After: 1` (or, with
+  rate_limit_code -32005, a JSON-RPC error as some providers answer);
+- congestion_price: a transaction paying less than this many micro-lamports per compute unit is
+  accepted and never processed (a congested leader drops it), and getRecentPrioritizationFees
+  reports that price in every recent slot, as the competing traffic paid it.
+
+A WebSocket endpoint on the same address (`GET /` with Upgrade, as `ws://host:port`) and on
+port + 1 (the validator's convention, `--ws-port`) serves
+signatureSubscribe (notified at `confirmed` when the status becomes visible, then removed),
+logsSubscribe ("all" or {"mentions": [address]}) and slotSubscribe. `POST /faults/ws` with
+{"up": false} closes every socket and refuses new ones until {"up": true}: a cut connection.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
+import itertools
 import json
 import logging
 import random
@@ -25,11 +38,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import base58
-from aiohttp import web
+from aiohttp import WSMsgType, web
+from solders.message import from_bytes_versioned
 from solders.pubkey import Pubkey
 from solders.transaction import VersionedTransaction
 
-from cloud.chain.svm import SvmLedger, TxRecord, TxRefused
+from cloud.chain.svm import COMPUTE_BUDGET_PROGRAM, SvmLedger, TxRecord, TxRefused, unit_price
 from cloud.chain.tokens import decode_mint_supply, decode_token_amount
 from cloud.errors import CloudError
 
@@ -52,6 +66,16 @@ class Faults:
     status_delay: float = 0.0
     rate_limit: int = 0
     seed: int | None = None
+    congestion_price: int = 0
+    rate_limit_code: int = 429
+
+
+@dataclass(slots=True)
+class _Sub:
+    ws: web.WebSocketResponse
+    sub_id: int
+    kind: str  # signature | logs | slot
+    target: str | None = None  # the signature, or the address logs must mention (None: all)
 
 
 class Localnet:
@@ -62,7 +86,13 @@ class Localnet:
         self._landed_at: dict[str, float] = {}
         self._window = (0, 0)  # (second, requests in it)
         self._heights: deque[tuple[float, int]] = deque()  # (monotonic time, block height) samples
-        self.counters = {"sends": 0, "dropped": 0, "timeouts_after_land": 0, "rate_limited": 0}
+        self.counters = {"sends": 0, "dropped": 0, "timeouts_after_land": 0, "rate_limited": 0,
+                         "congestion_dropped": 0, "ws_notifications": 0}
+        self.ws_up = True
+        self._sockets: set[web.WebSocketResponse] = set()
+        self._subs: dict[int, _Sub] = {}
+        self._sub_ids = itertools.count(1)
+        self._tasks: set[asyncio.Task[None]] = set()
         self.methods: dict[str, Callable[[Params], Any]] = {
             "getHealth": lambda p: "ok",
             "getVersion": lambda p: {"solana-core": "gridtokenx-localnet", "feature-set": 0},
@@ -79,6 +109,10 @@ class Localnet:
             "getBalance": lambda p: self._ctx(self._lamports(p[0])),
             "requestAirdrop": lambda p: self.ledger.airdrop(Pubkey.from_string(p[0]), int(p[1])),
             "getTokenAccountBalance": self._token_account_balance,
+            "getTokenAccountsByOwner": self._token_accounts_by_owner,
+            "getRecentPrioritizationFees": self._recent_prioritization_fees,
+            "getFeeForMessage": self._fee_for_message,
+            "simulateTransaction": self._simulate_transaction,
             "getTokenSupply": self._token_supply,
             "getMinimumBalanceForRentExemption": lambda p: self.ledger.svm.minimum_balance_for_rent_exemption(
                 int(p[0])),
@@ -88,8 +122,118 @@ class Localnet:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/", self._handle)
+        app.router.add_get("/", self._websocket)
         app.router.add_get("/health", self._health)
+        app.router.add_post("/faults/ws", self._ws_fault)
         return app
+
+    def ws_app(self) -> web.Application:
+        """The WebSocket alone, for a second port (port + 1, as solana-test-validator serves it)."""
+        app = web.Application()
+        app.router.add_get("/", self._websocket)
+        return app
+
+    # -- WebSocket ------------------------------------------------------------------------------
+    async def _ws_fault(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.ws_up = bool(body.get("up", True))
+        if not self.ws_up:
+            for ws in list(self._sockets):
+                await ws.close()
+        return web.json_response({"up": self.ws_up})
+
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        if not self.ws_up:
+            return web.Response(status=503, text="WebSocket cut (fault)")
+        ws = web.WebSocketResponse(heartbeat=None)
+        await ws.prepare(request)
+        self._sockets.add(ws)
+        ticker = asyncio.create_task(self._slot_ticker(ws))
+        try:
+            async for msg in ws:
+                if msg.type != WSMsgType.TEXT:
+                    continue
+                try:
+                    req = json.loads(msg.data)
+                except json.JSONDecodeError:
+                    await ws.send_json({"jsonrpc": "2.0", "id": None,
+                                        "error": {"code": -32700, "message": "Parse error"}})
+                    continue
+                await ws.send_json(self._ws_call(ws, req))
+        finally:
+            ticker.cancel()
+            self._sockets.discard(ws)
+            for sid in [i for i, sub in self._subs.items() if sub.ws is ws]:
+                del self._subs[sid]
+        return ws
+
+    def _ws_call(self, ws: web.WebSocketResponse, req: dict[str, Any]) -> dict[str, Any]:
+        rid = req.get("id")
+        method = str(req.get("method"))
+        params = list(req.get("params") or [])
+        try:
+            if method in ("signatureSubscribe", "logsSubscribe", "slotSubscribe"):
+                kind = method.removesuffix("Subscribe")
+                target: str | None = None
+                if kind == "signature":
+                    target = str(params[0])
+                elif kind == "logs":
+                    filt = params[0] if params else "all"
+                    if isinstance(filt, dict):
+                        target = str(filt["mentions"][0])
+                sid = next(self._sub_ids)
+                self._subs[sid] = _Sub(ws, sid, kind, target)
+                return {"jsonrpc": "2.0", "id": rid, "result": sid}
+            if method.endswith("Unsubscribe"):
+                return {"jsonrpc": "2.0", "id": rid, "result": self._subs.pop(int(params[0]), None) is not None}
+        except (IndexError, KeyError, TypeError, ValueError) as exc:
+            return {"jsonrpc": "2.0", "id": rid, "error": {"code": -32602, "message": f"Invalid params: {exc}"}}
+        return {"jsonrpc": "2.0", "id": rid, "error": {"code": -32601, "message": f"Method not found: {method}"}}
+
+    async def _slot_ticker(self, ws: web.WebSocketResponse) -> None:
+        last = self.ledger.slot
+        while not ws.closed:
+            await asyncio.sleep(self.ledger.slot_secs)
+            self.ledger.tick()
+            slot = self.ledger.slot
+            if slot == last:
+                continue
+            last = slot
+            for sub in [s for s in self._subs.values() if s.ws is ws and s.kind == "slot"]:
+                await self._notify(sub, "slotNotification", {"parent": slot - 1, "root": slot, "slot": slot})
+
+    async def _notify(self, sub: _Sub, method: str, result: dict[str, Any]) -> None:
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await sub.ws.send_json({"jsonrpc": "2.0", "method": method,
+                                    "params": {"result": result, "subscription": sub.sub_id}})
+            self.counters["ws_notifications"] += 1
+
+    def _landed(self, record: TxRecord, accounts: list[str]) -> None:
+        """Publish a landing once its status is visible (after status_delay)."""
+        if not self._subs:
+            return
+        loop = asyncio.get_running_loop()
+
+        def publish() -> None:
+            task = loop.create_task(self._publish(record, accounts))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        if self.faults.status_delay:
+            loop.call_later(self.faults.status_delay, publish)
+        else:
+            publish()
+
+    async def _publish(self, record: TxRecord, accounts: list[str]) -> None:
+        ctx = {"slot": record.slot}
+        for sub in list(self._subs.values()):
+            if sub.kind == "signature" and sub.target == record.signature:
+                self._subs.pop(sub.sub_id, None)  # one notification, then the subscription is gone
+                await self._notify(sub, "signatureNotification",
+                                   {"context": ctx, "value": {"err": _err_json(record.err)}})
+            elif sub.kind == "logs" and (sub.target is None or sub.target in accounts):
+                await self._notify(sub, "logsNotification", {"context": ctx, "value": {
+                    "signature": record.signature, "err": _err_json(record.err), "logs": list(record.logs)}})
 
     async def _health(self, _request: web.Request) -> web.StreamResponse:
         return web.Response(text="ok")
@@ -97,7 +241,11 @@ class Localnet:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         if self._rate_limited():
             self.counters["rate_limited"] += 1
-            return web.Response(status=429, text="Too many requests for a specific RPC call")
+            if self.faults.rate_limit_code == -32005:
+                return web.json_response({"jsonrpc": "2.0", "id": None, "error": {
+                    "code": -32005, "message": "Node is behind by 42 slots", "data": {"numSlotsBehind": 42}}})
+            return web.Response(status=429, text="Too many requests for a specific RPC call",
+                                headers={"Retry-After": "1"})
         try:
             body = await request.json()
         except json.JSONDecodeError:
@@ -178,6 +326,9 @@ class Localnet:
         if self._rng.random() < self.faults.drop_sends:
             self.counters["dropped"] += 1
             return sig
+        if self.faults.congestion_price and unit_price(tx) < self.faults.congestion_price:
+            self.counters["congestion_dropped"] += 1
+            return sig  # accepted, never scheduled: it pays less than the traffic it competes with
         try:
             record = self.ledger.process(tx)
         except TxRefused as exc:
@@ -188,6 +339,7 @@ class Localnet:
             # Preflight would have caught it before it landed; keep the landed status anyway.
             raise RpcError(-32002, f"Transaction simulation failed: {record.err}")
         self._landed_at[sig] = time.monotonic()
+        self._landed(record, [str(k) for k in tx.message.account_keys])
         if self._rng.random() < self.faults.timeout_after_land:
             self.counters["timeouts_after_land"] += 1
             raise TimeoutAfterLand(sig)
@@ -250,6 +402,81 @@ class Localnet:
         decimals = bytes(mint.data)[44] if mint is not None else 0
         return self._ctx(_ui_amount(decode_token_amount(data), decimals))
 
+    def _token_accounts_by_owner(self, p: Params) -> dict[str, Any]:
+        owner = Pubkey.from_string(p[0])
+        filt = p[1] if len(p) > 1 and isinstance(p[1], dict) else {}
+        config = p[2] if len(p) > 2 and isinstance(p[2], dict) else {}
+        encoding = config.get("encoding", "binary")
+        if "mint" in filt:
+            mint_acc = self.ledger.get_account(Pubkey.from_string(filt["mint"]))
+            if mint_acc is None:
+                raise RpcError(-32602, "Invalid param: could not find mint")
+            programs = [mint_acc.owner]
+        elif "programId" in filt:
+            programs = [Pubkey.from_string(filt["programId"])]
+        else:
+            raise RpcError(-32602, "Invalid params: expected a mint or programId filter")
+        out = []
+        for program in programs:
+            for address, acc in self.ledger.svm.get_program_accounts(program):
+                data = bytes(acc.data)
+                if len(data) < 165 or data[32:64] != bytes(owner) or data[108] == 0:
+                    continue  # not a token account of this owner (a mint, or uninitialized)
+                if "mint" in filt and str(Pubkey.from_bytes(data[:32])) != filt["mint"]:
+                    continue
+                out.append({"pubkey": str(address), "account": self._encode_token_account(acc, data, encoding)})
+        return self._ctx(out)
+
+    def _encode_token_account(self, acc: Any, data: bytes, encoding: str) -> dict[str, Any]:
+        base = {"executable": acc.executable, "lamports": acc.lamports, "owner": str(acc.owner),
+                "rentEpoch": 0, "space": len(data)}
+        if encoding != "jsonParsed":
+            return base | {"data": [base64.b64encode(data).decode(), "base64"]}
+        mint = Pubkey.from_bytes(data[:32])
+        mint_acc = self.ledger.get_account(mint)
+        decimals = bytes(mint_acc.data)[44] if mint_acc is not None else 0
+        program = "spl-token-2022" if str(acc.owner).startswith("TokenzQd") else "spl-token"
+        info = {"isNative": data[44] == 1, "mint": str(mint), "owner": str(Pubkey.from_bytes(data[32:64])),
+                "state": {1: "initialized", 2: "frozen"}.get(data[108], "uninitialized"),
+                "tokenAmount": _ui_amount(decode_token_amount(data), decimals)}
+        return base | {"data": {"program": program, "parsed": {"info": info, "type": "account"},
+                                "space": len(data)}}
+
+    def _recent_prioritization_fees(self, p: Params) -> list[dict[str, Any]]:
+        self.ledger.tick()
+        accounts = [str(a) for a in (p[0] if p else [])]
+        floor = self.faults.congestion_price
+        return [{"slot": slot, "prioritizationFee": max(fee, floor)}
+                for slot, fee in self.ledger.prioritization_fees(accounts)]
+
+    def _fee_for_message(self, p: Params) -> dict[str, Any]:
+        message = from_bytes_versioned(base64.b64decode(p[0]))
+        keys = message.account_keys
+        limit = 200_000 * sum(1 for ix in message.instructions if str(keys[ix.program_id_index])
+                              != COMPUTE_BUDGET_PROGRAM)
+        price = 0
+        for ix in message.instructions:
+            data = bytes(ix.data)
+            if str(keys[ix.program_id_index]) == COMPUTE_BUDGET_PROGRAM:
+                if data[:1] == b"\x02":
+                    limit = int.from_bytes(data[1:5], "little")
+                elif data[:1] == b"\x03":
+                    price = int.from_bytes(data[1:9], "little")
+        signatures = message.header.num_required_signatures
+        return self._ctx(5000 * signatures + -(-min(limit, 1_400_000) * price // 1_000_000))
+
+    def _simulate_transaction(self, p: Params) -> dict[str, Any]:
+        config = p[1] if len(p) > 1 and isinstance(p[1], dict) else {}
+        raw = base64.b64decode(p[0]) if config.get("encoding") == "base64" else base58.b58decode(p[0])
+        tx = VersionedTransaction.from_bytes(raw)  # replaceRecentBlockhash is not supported: sign a fresh one
+        try:
+            units = self.ledger.simulate_units(tx)
+            err: Any = None
+        except TxRefused as exc:
+            units, err = 0, _sim_err(exc.reason)
+        return self._ctx({"err": err, "logs": [], "accounts": None, "unitsConsumed": units,
+                          "returnData": None})
+
     def _token_supply(self, p: Params) -> dict[str, Any]:
         acc = self.ledger.get_account(Pubkey.from_string(p[0]))
         if acc is None:
@@ -269,6 +496,17 @@ def _ui_amount(amount: int, decimals: int) -> dict[str, Any]:
 
     text = base_units_to_tokens_text(amount, decimals)
     return {"amount": str(amount), "decimals": decimals, "uiAmount": float(text), "uiAmountString": text}
+
+
+def _sim_err(reason: str) -> Any:
+    """A TransactionError as a node serializes it (solders parses only the known variants)."""
+    if "InstructionError" in reason:
+        return {"InstructionError": [0, {"Custom": 0}]}
+    for fieldless in ("BlockhashNotFound", "AlreadyProcessed", "SignatureFailure", "InsufficientFundsForFee",
+                      "AccountNotFound"):
+        if fieldless in reason:
+            return fieldless
+    return "SanitizeFailure"
 
 
 def _err_json(err: str | None) -> Any:

@@ -20,6 +20,7 @@ import json
 import os
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -36,6 +37,8 @@ from cloud.errors import CloudError
 MEMO_PROGRAM_ID = Pubkey.from_string("Memo1UhkJRfHyvLMcVucJwxXeuD728EqVDDwQDxFMNo")
 DEFAULT_BLOCKHASH_TTL = 150  # slots, as on mainnet (MAX_PROCESSING_AGE)
 COMPACT_AFTER_LINES = 5000  # journal lines at start beyond which it is rewritten as a snapshot
+RECENT_FEE_SLOTS = 150  # getRecentPrioritizationFees looks this many slots back, as a real node does
+COMPUTE_BUDGET_PROGRAM = "ComputeBudget111111111111111111111111111111"
 
 
 class TxRefused(CloudError):
@@ -84,6 +87,8 @@ class SvmLedger:
         self._lock = threading.RLock()
         self._journal: IO[str] | None = None
         self._latest_accounts: dict[str, list[object]] = {}
+        # (slot, micro-lamports per unit, writable accounts) of recently landed transactions.
+        self.recent_prices: deque[tuple[int, int, frozenset[str]]] = deque(maxlen=4 * RECENT_FEE_SLOTS)
         if journal is not None:
             journal.parent.mkdir(parents=True, exist_ok=True)
             if journal.exists() and self._replay(journal) > COMPACT_AFTER_LINES:
@@ -167,6 +172,7 @@ class SvmLedger:
             signers = tuple(str(k) for i, k in enumerate(msg.account_keys) if msg.is_signer(i))
             record = TxRecord(sig, self.slot, int(time.time()), err, memo_of(tx), signers, logs)
             writable = _writable_keys(tx)
+            self.recent_prices.append((self.slot, unit_price(tx), frozenset(str(k) for k in writable)))
             self._remember(record)
             self.block_height += 1
             self._new_block()
@@ -174,6 +180,27 @@ class SvmLedger:
             self._append({"t": "tx", "record": _record_json(record),
                           "accounts": self._accounts_json(writable)})
             return record
+
+    def simulate_units(self, tx: VersionedTransaction) -> int:
+        """Compute units `tx` consumes, executed against current state without keeping anything."""
+        self.tick()
+        with self._lock:
+            sim = self.svm.simulate_transaction(tx)
+            if isinstance(sim, FailedTransactionMetadata):
+                raise TxRefused(f"simulation failed: {sim.err()}")
+            return int(sim.meta().compute_units_consumed())
+
+    def prioritization_fees(self, accounts: list[str]) -> list[tuple[int, int]]:
+        """(slot, lowest price paid by a landed transaction writing one of `accounts`) per recent slot,
+        0 for slots without one; like getRecentPrioritizationFees."""
+        with self._lock:
+            want = set(accounts)
+            first = max(1, self.slot - RECENT_FEE_SLOTS + 1)
+            by_slot: dict[int, int] = {}
+            for slot, price, writable in self.recent_prices:
+                if slot >= first and (not want or want & writable):
+                    by_slot[slot] = min(price, by_slot.get(slot, price))
+            return [(s, by_slot.get(s, 0)) for s in range(first, self.slot + 1)]
 
     def _remember(self, record: TxRecord) -> None:
         self.history[record.signature] = record
@@ -271,6 +298,17 @@ class SvmLedger:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def unit_price(tx: VersionedTransaction) -> int:
+    """The SetComputeUnitPrice a transaction carries (micro-lamports per unit), 0 without one."""
+    msg = tx.message
+    keys = msg.account_keys
+    for ix in msg.instructions:
+        data = bytes(ix.data)
+        if str(keys[ix.program_id_index]) == COMPUTE_BUDGET_PROGRAM and data[:1] == b"\x03" and len(data) >= 9:
+            return int.from_bytes(data[1:9], "little")
+    return 0
 
 
 def _writable_keys(tx: VersionedTransaction) -> list[Pubkey]:

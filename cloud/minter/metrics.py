@@ -19,3 +19,12 @@ MINTED_UNITS = Counter("gridtokenx_minted_base_units_total", "Token base units c
 BATCHES = Counter("gridtokenx_mint_batches_total", "Mint batches by outcome", ["outcome"])
 DEAD_LETTER = Counter("gridtokenx_dead_letter_total", "Readings moved to manual review")
 ALERT = Gauge("gridtokenx_alert", "1 when the GridTokenX Phase 2 guide's alert threshold is crossed", ["name"])
+
+# Paying for it (issue 19): fee payer, priority fee, RPC economy.
+FEE_PAYER_LAMPORTS = Gauge("gridtokenx_fee_payer_lamports", "SOL (lamports) of the mint authority, which pays")
+FEE_PAYER_BATCHES_LEFT = Gauge("gridtokenx_fee_payer_batches_left",
+                               "Worst-case batches (fee + rent of a new token account per wallet) it can pay")
+PRIORITY_PRICE = Gauge("gridtokenx_priority_fee_micro_lamports", "Price per compute unit of the last signed batch")
+FEES_PAID = Counter("gridtokenx_mint_fees_lamports_total", "Signature + priority fees of confirmed batches")
+RPC_CALLS_PER_BATCH = Gauge("gridtokenx_rpc_calls_per_minted_batch",
+                            "HTTP RPC requests since start divided by batches confirmed since start")

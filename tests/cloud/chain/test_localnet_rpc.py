@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import urllib.request
 from pathlib import Path
 
@@ -66,17 +67,33 @@ def test_timeout_after_land_is_unknown_to_the_client_but_landed(localnet_factory
     asyncio.run(scenario())
 
 
-def test_rate_limit_is_reported_as_unavailable(localnet_factory: LocalnetFactory, tmp_path: Path) -> None:
-    url = localnet_factory("--rate-limit", "3")
+@pytest.mark.parametrize("code", ["429", "-32005"])
+def test_rate_limit_is_answered_with_backoff_honouring_retry_after(localnet_factory: LocalnetFactory,
+                                                                   code: str) -> None:
+    """Before: the first 429 surfaced as ChainUnavailable (the minter's whole pass failed). Now the call
+    is retried after Retry-After (1 s from localnet) or our own backoff (-32005 carries none)."""
+    url = localnet_factory("--rate-limit", "3", "--rate-limit-code", code)
 
     async def scenario() -> None:
         from cloud.chain.rpc import RpcBackend
 
         backend = RpcBackend(url, timeout=3)
         try:
-            with pytest.raises(ChainUnavailable):
-                for _ in range(20):
-                    await backend.block_height()
+            start = time.monotonic()
+            for _ in range(8):
+                assert await backend.block_height() >= 0
+            assert backend.rate_limited >= 1
+            if code == "429":
+                assert time.monotonic() - start >= 0.9  # waited as told
+            assert backend.calls["getBlockHeight"] == 8 + backend.rate_limited  # every request counted
+            # With no retries left the caller is told: outcome unknown, try later.
+            impatient = RpcBackend(url, timeout=3, rate_limit_retries=0)
+            try:
+                with pytest.raises(ChainUnavailable):
+                    for _ in range(20):
+                        await impatient.block_height()
+            finally:
+                await impatient.close()
         finally:
             await backend.close()
 

@@ -15,7 +15,10 @@ from cloud.chain.base import MintIdentity
 from cloud.chain.svm import MEMO_PROGRAM_ID, SvmLedger, TxRefused
 from cloud.chain.tokens import decode_mint_supply, decode_token_amount
 from cloud.chain.tx import (
+    MAX_COMPUTE_UNITS,
     PACKET_DATA_SIZE,
+    ComputeBudget,
+    budget_of,
     build_mint_tx,
     create_mint_tx,
     max_wallets_per_tx,
@@ -33,22 +36,29 @@ def _mint(ledger: SvmLedger) -> MintIdentity:
     return MintIdentity(authority, mint.pubkey(), 9, TOKEN_PROGRAM_ID)
 
 
-def test_ten_wallets_fit_a_transaction_and_v0_is_no_bigger_than_legacy() -> None:
+def test_nine_wallets_fit_a_transaction_and_v0_is_no_bigger_than_legacy() -> None:
     ledger = SvmLedger()
     identity = _mint(ledger)
     memo = memo_for(10**15)
     n = max_wallets_per_tx(identity, memo)
-    assert n == 10
+    assert n == 9  # the two compute-budget instructions cost one wallet (10 fit without them)
     wallets = [(Keypair().pubkey(), 10**9 + i) for i in range(n)]
     blockhash, _ = ledger.latest_blockhash()
     v0 = build_mint_tx(identity, wallets, memo, blockhash)
     ixs = [ix for w, a in wallets for ix in mint_instructions(identity, w, a)]
     ixs.append(Instruction(MEMO_PROGRAM_ID, memo.encode(), []))
     legacy = Transaction([identity.authority], Message(ixs, identity.authority.pubkey()), blockhash)
-    assert len(bytes(v0)) <= PACKET_DATA_SIZE < len(bytes(build_mint_tx(
-        identity, [*wallets, (Keypair().pubkey(), 1)], memo, blockhash)))
     assert abs(len(bytes(v0)) - len(bytes(legacy))) <= 2  # no lookup tables: the formats cost the same
-    record = ledger.process(v0)  # and the real SPL programs execute it
+    # With the compute budget (any values: the instructions have a fixed size) n fit and n + 1 do not;
+    # without it one more wallet would.
+    budget = ComputeBudget(MAX_COMPUTE_UNITS, 2**64 - 1)
+    full = build_mint_tx(identity, wallets, memo, blockhash, ComputeBudget(300_000, 7))
+    assert len(bytes(full)) <= PACKET_DATA_SIZE < len(bytes(build_mint_tx(
+        identity, [*wallets, (Keypair().pubkey(), 1)], memo, blockhash, budget)))
+    assert len(bytes(build_mint_tx(identity, [*wallets, (Keypair().pubkey(), 1)], memo, blockhash))) \
+        <= PACKET_DATA_SIZE
+    assert budget_of(full) == ComputeBudget(300_000, 7) and budget_of(v0) is None
+    record = ledger.process(full)  # and the real SPL programs execute it
     assert record.err is None and record.memo == memo
     supply = ledger.get_account(identity.mint)
     assert supply is not None and decode_mint_supply(bytes(supply.data)) == sum(a for _, a in wallets)
