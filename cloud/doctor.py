@@ -1,4 +1,4 @@
-"""`gridtokenx cloud doctor`: the seed guide's troubleshooting checklist as one command.
+"""`gridtokenx cloud doctor`: the GridTokenX Phase 2 guide's troubleshooting checklist as one command.
 
 One line per check: ok / FAIL / skip, what was seen, and what to do when it fails. A check whose
 prerequisite failed (no database, no RPC) is skipped rather than failed, so the first failure
@@ -31,7 +31,7 @@ from runtime.config import BrokerURL, ConfigError, load
 
 OK, FAIL, SKIP = "ok", "FAIL", "skip"
 TOKEN_ACCOUNT_SIZE = 170
-RETRY_QUEUE_ALERT = 50  # the seed guide's threshold
+RETRY_QUEUE_ALERT = 50  # the GridTokenX Phase 2 guide's threshold
 NO_BATCH_UNITS = 400_000  # unit limit assumed for a full batch before the minter has recorded one
 
 
