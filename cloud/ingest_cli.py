@@ -25,6 +25,7 @@ from runtime import logs
 from runtime.config import ConfigError, load
 from runtime.errors import RuntimeFailure
 from runtime.observability import ListenError, ObservabilityServer
+from runtime.progress import working
 from runtime.redact import redact_text, redact_url
 from runtime.runner import run_component
 
@@ -123,7 +124,9 @@ def meters() -> None:
 def import_(csv_path: Path, config: Path | None, database_url: str | None, as_json: bool) -> None:
     settings = _settings(config, database_url=database_url)
     rows, errors = meters_csv.parse(csv_path.read_text())
-    result = _run(_with_conn(settings.database_url, lambda c: admin.upsert_meters(c, rows)), settings.database_url)
+    with working(f"importing {len(rows):,} meter(s)"):
+        result = _run(_with_conn(settings.database_url, lambda c: admin.upsert_meters(c, rows)),
+                      settings.database_url)
     # Conflicts are reported against the CSV line of the row.
     line_of = _csv_lines(csv_path.read_text())
     problems = [(e.line, e.message) for e in errors] + [

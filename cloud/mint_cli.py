@@ -15,6 +15,7 @@ import click
 from cloud.chain.base import ChainError
 from cloud.settings import CloudSettings
 from runtime.config import ConfigError, load
+from runtime.progress import working
 from runtime.redact import redact_text, redact_url
 
 T = TypeVar("T")
@@ -66,8 +67,9 @@ def mint(reading_ids: tuple[int, ...], meter_id: str | None, timeout: float, con
     settings = _settings(config_path, database_url)
     from cloud.minter.admin import manual_mint
 
-    result = _run(lambda: manual_mint(settings, reading_ids=reading_ids or None, meter_id=meter_id,
-                                      wait_secs=timeout), settings)
+    with working("minting: planning, sending and confirming batches"):
+        result = _run(lambda: manual_mint(settings, reading_ids=reading_ids or None, meter_id=meter_id,
+                                          wait_secs=timeout), settings)
     if as_json:
         _emit(result.to_json())
     else:
@@ -109,7 +111,8 @@ def reconcile(fix: bool, config_path: Path | None, database_url: str | None, as_
     settings = _settings(config_path, database_url)
     from cloud.minter.admin import run_reconcile
 
-    first, final = _run(lambda: run_reconcile(settings, fix=fix), settings)
+    with working("reconciling: the authority's transactions, wallet balances, entitlements"):
+        first, final = _run(lambda: run_reconcile(settings, fix=fix), settings)
     if as_json:
         _emit({"report": first.to_json(), "after_fix": final.to_json() if final is not first else None})
     else:

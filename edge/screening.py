@@ -6,6 +6,11 @@ registry, the validation rules, equivocation against accepted readings — is th
 
 from __future__ import annotations
 
+<<<<<<< HEAD
+=======
+import csv
+import json
+>>>>>>> i17
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -13,7 +18,7 @@ from protocol.check import check_topic
 from protocol.errors import ProtocolError
 from protocol.reasons import Reason
 from protocol.topics import meter_of
-from protocol.wire import parse_payload, verify_signed
+from protocol.wire import V1_PREFIX, parse_payload, verify_signed
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +51,7 @@ def screen(topic: str, payload: bytes, keys: Mapping[str, bytes] | None = None) 
     try:
         signed = parse_payload(payload)
     except ProtocolError as exc:
-        return Quarantined(topic, payload, exc.reason, exc.detail, topic_meter)
+        return Quarantined(topic, payload, exc.reason, exc.detail, topic_meter, _claimed_seq(payload))
     meter_id, seq = signed.reading.meter_id, signed.reading.seq
     try:
         check_topic(signed, topic)
@@ -61,3 +66,30 @@ def screen(topic: str, payload: bytes, keys: Mapping[str, bytes] | None = None) 
                                f"signature does not verify with the key of meter {meter_id!r} in the key file",
                                meter_id, seq)
     return Accepted(meter_id, seq, signed.reading.end, signed.payload)
+<<<<<<< HEAD
+=======
+
+
+def _claimed_seq(payload: bytes) -> int | None:
+    """The seq a bad v1 reading claims, when its JSON has one: shown with the quarantined row so a
+    technician can match it (None for anything that does not even say)."""
+    body = payload[:payload.rfind(b"\n")].removeprefix(V1_PREFIX)
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    seq = doc.get("seq") if isinstance(doc, dict) else None
+    return seq if isinstance(seq, int) and not isinstance(seq, bool) and 0 <= seq < 2**63 else None
+
+
+def load_keys(path: Path) -> dict[str, bytes]:
+    """meters.csv with at least the columns meter_id and public_key (base58 Ed25519)."""
+    keys: dict[str, bytes] = {}
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"meter_id", "public_key"} <= set(reader.fieldnames):
+            raise ValueError(f"{path} must be a CSV with the columns meter_id and public_key")
+        for row in reader:
+            keys[row["meter_id"].strip()] = base58.b58decode(row["public_key"].strip())
+    return keys
+>>>>>>> i17

@@ -40,3 +40,20 @@ def test_edge_inspect_export_json_summary(tmp_path: Path) -> None:
                     "--json")
     assert len(to_stdout.stdout.decode().splitlines()) == 6  # the rows; the summary went to stderr
     assert json.loads(to_stdout.stderr.decode().strip().splitlines()[-1])["exported"] == 6
+
+
+def test_long_commands_show_progress_on_a_terminal_only() -> None:
+    import io
+
+    from rich.console import Console
+
+    from runtime.progress import working
+
+    tty = io.StringIO()
+    with working("reconciling: scanning", console=Console(file=tty, force_terminal=True)):
+        pass
+    assert "reconciling: scanning" in tty.getvalue()
+    pipe = io.StringIO()
+    with working("reconciling: scanning", console=Console(file=pipe, force_terminal=False)):
+        pass
+    assert pipe.getvalue() == ""  # scripts and --json see nothing
