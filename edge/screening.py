@@ -6,11 +6,7 @@ registry, the validation rules, equivocation against accepted readings — is th
 
 from __future__ import annotations
 
-<<<<<<< HEAD
-=======
-import csv
 import json
->>>>>>> i17
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -66,8 +62,6 @@ def screen(topic: str, payload: bytes, keys: Mapping[str, bytes] | None = None) 
                                f"signature does not verify with the key of meter {meter_id!r} in the key file",
                                meter_id, seq)
     return Accepted(meter_id, seq, signed.reading.end, signed.payload)
-<<<<<<< HEAD
-=======
 
 
 def _claimed_seq(payload: bytes) -> int | None:
@@ -80,16 +74,3 @@ def _claimed_seq(payload: bytes) -> int | None:
         return None
     seq = doc.get("seq") if isinstance(doc, dict) else None
     return seq if isinstance(seq, int) and not isinstance(seq, bool) and 0 <= seq < 2**63 else None
-
-
-def load_keys(path: Path) -> dict[str, bytes]:
-    """meters.csv with at least the columns meter_id and public_key (base58 Ed25519)."""
-    keys: dict[str, bytes] = {}
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or not {"meter_id", "public_key"} <= set(reader.fieldnames):
-            raise ValueError(f"{path} must be a CSV with the columns meter_id and public_key")
-        for row in reader:
-            keys[row["meter_id"].strip()] = base58.b58decode(row["public_key"].strip())
-    return keys
->>>>>>> i17
