@@ -46,4 +46,4 @@ def shared_batches_filter(group: str) -> str:
 
 def probe(client_id: str) -> str:
     """A cloud consumer's own topic for its startup check of shared subscriptions."""
-    return f"cloud/probe/{client_id}"
+    return f"cloud/probe/{client_id}/ping"

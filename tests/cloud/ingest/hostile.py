@@ -13,7 +13,7 @@ import aiomqtt
 
 from protocol import topics
 from protocol.envelopes import Batch, decode_ack, encode
-from tests.cloud.ingest.support import Meter
+from tests.cloud.ingest.support import Gateway, Meter
 
 HONEST = "honest-gw"
 HOSTILE = "hostile-gw"
@@ -33,6 +33,7 @@ class Honest:
     latency: dict[str, float] = field(default_factory=dict)
     statuses: dict[str, str] = field(default_factory=dict)
     _seq: int = 0
+    _all_acked: asyncio.Event = field(default_factory=asyncio.Event)
 
     def p99(self) -> float:
         values = sorted(self.latency.values())
@@ -59,9 +60,10 @@ class Honest:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), self.every)
                 # Let the last batches' acks arrive (bounded: the assertions judge what is missing).
-                deadline = time.monotonic() + 5
-                while len(self.latency) < len(self.published) and time.monotonic() < deadline:
-                    await asyncio.sleep(0.05)
+                self._all_acked.clear()
+                if len(self.latency) < len(self.published):
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._all_acked.wait(), 5)
             finally:
                 reader.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -83,6 +85,8 @@ class Honest:
             if sent is not None and ack.batch_id not in self.latency:
                 self.latency[ack.batch_id] = time.monotonic() - sent
                 self.statuses[ack.batch_id] = ",".join(r.status for r in ack.results)
+                if len(self.latency) >= len(self.published):
+                    self._all_acked.set()
 
     def assert_unharmed(self, *, min_batches: int = 10) -> None:
         """Every honest batch was committed and acked as accepted, p99 within 2 s of publication."""
@@ -95,7 +99,14 @@ class Honest:
 
 async def publish_raw(host: str, port: int, password: str, payloads: list[bytes], *, user: str = HOSTILE,
                       retain: bool = False, topic: str | None = None) -> None:
+    # A short timeout: a broker that refuses a publish disconnects instead of acknowledging it.
     async with aiomqtt.Client(host, port, username=user, password=password, identifier=f"{user}-raw",
-                              clean_session=True) as client:
+                              clean_session=True, timeout=3) as client:
         for payload in payloads:
             await client.publish(topic or topics.batches(user), payload, qos=1, retain=retain)
+
+
+async def warm_up(host: str, port: int, password: str, meter: Meter, seq: int) -> None:
+    """Deliver one honest batch, re-sending until acked: the consumer is (back) on the broker."""
+    gw = Gateway(host, port, HONEST, password)
+    await gw.deliver([gw.batch(f"warm-{seq}", [meter.item(seq, 10, seq * 10)])], resend_after=1, timeout=30)

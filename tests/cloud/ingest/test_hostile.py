@@ -5,18 +5,22 @@ and the hostile input ends recorded with its reason (issue 14)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import shutil
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+import aiomqtt
 import pytest
 
-from gridtokenx.harness.brokers import Mosquitto
+from gridtokenx.harness.brokers import CONFIG_ROOT, Mosquitto
 from protocol.envelopes import MAX_BATCH_ITEMS, Batch, BatchItem, encode
 from protocol.reasons import Reason
 from tests.cloud.ingest.conftest import GATEWAY, ConsumerFactory
-from tests.cloud.ingest.hostile import HONEST, HOSTILE, Honest, publish_raw
-from tests.cloud.ingest.support import Meter, query, register
-from tests.helpers import async_wait_for
+from tests.cloud.ingest.hostile import HONEST, HOSTILE, Honest, publish_raw, warm_up
+from tests.cloud.ingest.support import ConsumerProcess, Meter, query, register
+from tests.helpers import async_wait_for, wait_for
 
 
 @pytest.fixture
@@ -90,3 +94,121 @@ def test_text_and_integers_postgres_cannot_store_do_not_stop_ingest(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+def _poison_batch(victim: Meter) -> bytes:
+    return encode(Batch(HOSTILE, "nul\x00retained", int(time.time()), [victim.item(1, 10, 10)]))
+
+
+def test_retained_poison_is_refused_before_start_and_after_a_broker_restart(
+        consumers: ConsumerFactory, migrated_db: str, cloud: Mosquitto, gateway_password: str) -> None:
+    honest_meter, victim = Meter.make("honest-1"), Meter.make("hostile-m1")
+    asyncio.run(register(migrated_db, [honest_meter, victim]))
+
+    async def try_retained() -> bool:
+        """True when the broker took the retained publish (it must not)."""
+        try:
+            await publish_raw("127.0.0.1", cloud.port, gateway_password, [_poison_batch(victim)], retain=True)
+        except aiomqtt.MqttError:
+            return False
+        return True
+    assert not asyncio.run(try_retained()), "the cloud broker accepted a retained batch"
+    cloud.restart()
+    assert not asyncio.run(try_retained())
+    consumer = consumers()
+
+    async def honest_traffic(first_seq: int) -> Honest:
+        honest = Honest("127.0.0.1", cloud.port, gateway_password, honest_meter, _seq=first_seq)
+        async with honest.running():
+            await async_wait_for(lambda: _true(len(honest.published) >= 20), timeout=20, message="honest traffic")
+        return honest
+    asyncio.run(honest_traffic(0)).assert_unharmed()
+    cloud.restart()
+    assert not asyncio.run(try_retained())
+    asyncio.run(warm_up("127.0.0.1", cloud.port, gateway_password, honest_meter, 999))
+    asyncio.run(honest_traffic(1000)).assert_unharmed()
+    assert consumer.metric("gridtokenx_cloud_bad_envelopes_total") == 0
+    assert consumer.terminate() == 0
+
+
+def test_consumer_discards_retained_batches_a_permissive_broker_delivers(
+        broker_factory: Callable[..., Mosquitto], migrated_db: str, gateway_password: str, tmp_path: Path) -> None:
+    """Defence in depth: a broker configured without `retain_available false` hands the retained
+    batch to every consumer on subscribe, and again after a restart; the consumer discards it."""
+    root = tmp_path / "broker-config"
+    shutil.copytree(CONFIG_ROOT, root)
+    conf = root / "cloud" / "mosquitto.conf"
+    conf.write_text(conf.read_text().replace("retain_available false", ""))
+    broker = broker_factory("cloud", users={HONEST: gateway_password, HOSTILE: gateway_password},
+                            config_root=root)
+    honest_meter, victim = Meter.make("honest-1"), Meter.make("hostile-m1")
+    asyncio.run(register(migrated_db, [honest_meter, victim]))
+    retained_valid = encode(Batch(HOSTILE, "retained-valid", int(time.time()), [victim.item(1, 10, 10)]))
+    asyncio.run(publish_raw("127.0.0.1", broker.port, gateway_password, [_poison_batch(victim)], retain=True))
+    asyncio.run(publish_raw("127.0.0.1", broker.port, gateway_password, [retained_valid], retain=True,
+                            topic="edge/hostile-gw/batches"))
+    consumer = ConsumerProcess(dsn=migrated_db, broker_url=broker.url_for("cloud-consumer"),
+                               client_id="cloud-consumer-1", log_dir=tmp_path)
+    try:
+        consumer.wait_ready()
+        wait_for(lambda: consumer.metric('gridtokenx_cloud_bad_envelopes_total{reason="retained"}') >= 1,
+                 timeout=10, message="the retained batch discarded")
+
+        async def honest_traffic(first_seq: int) -> Honest:
+            honest = Honest("127.0.0.1", broker.port, gateway_password, honest_meter, _seq=first_seq)
+            async with honest.running():
+                await async_wait_for(lambda: _true(len(honest.published) >= 20), timeout=20, message="honest")
+            return honest
+        asyncio.run(honest_traffic(0)).assert_unharmed()
+        before = consumer.metric('gridtokenx_cloud_bad_envelopes_total{reason="retained"}')
+        broker.restart()
+        asyncio.run(warm_up("127.0.0.1", broker.port, gateway_password, honest_meter, 999))
+        asyncio.run(honest_traffic(1000)).assert_unharmed()
+        wait_for(lambda: consumer.metric('gridtokenx_cloud_bad_envelopes_total{reason="retained"}') > before,
+                 timeout=10, message="the retained batch discarded again after the broker restart")
+        stored = asyncio.run(query(migrated_db, "SELECT count(*) AS n FROM meter_readings WHERE meter_id = $1",
+                                   victim.meter_id))
+        assert stored[0]["n"] == 0, "a retained batch was committed"
+        rows = asyncio.run(query(migrated_db, "SELECT reason FROM ingest_dead_letters"))
+        assert {r["reason"] for r in rows} == {"retained"}
+        assert consumer.terminate() == 0
+    finally:
+        consumer.close()
+
+
+def test_a_gateway_in_the_consumer_group_gets_nothing_and_delays_nobody(
+        consumers: ConsumerFactory, migrated_db: str, cloud: Mosquitto, gateway_password: str) -> None:
+    honest_meter = Meter.make("honest-1")
+    asyncio.run(register(migrated_db, [honest_meter]))
+    consumer = consumers()
+    filters = ["$share/cloud/edge/+/batches", "$share/cloud-consumer/edge/+/batches", "edge/+/batches", "#"]
+
+    async def attack() -> tuple[Honest, int]:
+        received = 0
+        async with contextlib.AsyncExitStack() as stack:
+            members = []
+            for i in range(4):  # four members, as in the report
+                member = await stack.enter_async_context(aiomqtt.Client(
+                    "127.0.0.1", cloud.port, username=HOSTILE, password=gateway_password,
+                    identifier=f"{HOSTILE}-member-{i}", clean_session=False))
+                for f in filters:
+                    await member.subscribe(f, qos=1)
+                members.append(member)
+
+            async def count(member: aiomqtt.Client) -> None:
+                nonlocal received
+                async for _ in member.messages:
+                    received += 1
+            readers = [asyncio.create_task(count(m)) for m in members]
+            honest = Honest("127.0.0.1", cloud.port, gateway_password, honest_meter)
+            async with honest.running():
+                await async_wait_for(lambda: _true(len(honest.published) >= 40), timeout=30, message="honest")
+            for r in readers:
+                r.cancel()
+            await asyncio.gather(*readers, return_exceptions=True)
+        return honest, received
+
+    honest, received = asyncio.run(attack())
+    honest.assert_unharmed(min_batches=40)
+    assert received == 0, f"a gateway subscribed to the consumers' batches and received {received} message(s)"
+    assert consumer.terminate() == 0
