@@ -132,12 +132,14 @@ class IngestConsumer:
         try:
             await self.db.run("load the registry", self.registry.load)
             log.info("registry loaded: %d meters", len(self.registry))
-            async with asyncio.TaskGroup() as tasks:
-                watcher = tasks.create_task(self.db.watch())
-                try:
-                    await self._consume(stop)
-                finally:
-                    watcher.cancel()
+            # Owned here rather than by a TaskGroup, so that errors reach the caller unwrapped.
+            watcher = asyncio.create_task(self.db.watch())
+            try:
+                await self._consume(stop)
+            finally:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
         except Abandoned as exc:
             log.warning("stopping while the database does not answer (%s); unacked batches will be re-sent",
                         exc.what)
@@ -166,8 +168,8 @@ class IngestConsumer:
                     await self._loop(client, stop)
                     await self._leave(client)
             except Abandoned as exc:
-                log.warning("stopping without committing batch %s (the database is unreachable); "
-                            "the edge will re-send it", exc.what)
+                log.warning("stopping while the database does not answer (step: %s); the batches in hand "
+                            "stay unacked and the edge re-sends them", exc.what)
                 return
             except aiomqtt.MqttError as exc:
                 log.warning("MQTT connection to %s failed or was lost (%s); reconnecting in %.1f s", url, exc, backoff)
@@ -195,7 +197,8 @@ class IngestConsumer:
                         break
         except TimeoutError:
             raise CapabilityError(
-                f"the broker at {self.settings.broker_url} accepted a shared subscription ({shared}) but did "
+                f"the broker at {self.settings.broker_url} accepted a shared subscription ($share/<group>/{topic}) "
+                "but did "
                 f"not deliver a probe through it within {timeout:g} s: it lacks MQTT shared subscriptions, "
                 "which cloud ingest needs (use Mosquitto 2, EMQX or HiveMQ)") from None
         finally:

@@ -53,6 +53,11 @@ class Abandoned(Exception):
         self.what = what
 
 
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    """Ingest runs single statements and never changes session state, so a connection goes back
+    to the pool as it is: asyncpg's default reset is a round trip that hangs on a frozen database."""
+
+
 class Database:
     """The consumer's pool, every use under a deadline, and the truth about the database's health."""
 
@@ -70,7 +75,7 @@ class Database:
         server_ms = max(100, int(self.deadline * 1000) - 200)
         async with asyncio.timeout(self.deadline * 2):
             self._pool = await asyncpg.create_pool(
-                self.dsn, min_size=1, max_size=3, timeout=self.deadline,
+                self.dsn, min_size=1, max_size=3, timeout=self.deadline, reset=_no_reset,
                 server_settings={"statement_timeout": str(server_ms), "idle_in_transaction_session_timeout": "60000"})
 
     async def close(self) -> None:
