@@ -101,7 +101,9 @@ class IngestConsumer:
         self.registry = Registry()
         self._clock = clock
         self._stop = asyncio.Event()
-        self.db = Database(settings.database_url, deadline=settings.ingest.db_timeout_secs, stop=self._stop)
+        self.db = Database(settings.database_url, deadline=settings.ingest.db_timeout_secs, stop=self._stop,
+                           on_health=lambda up: metrics.db_up.set(1 if up else 0))
+        metrics.db_up.set(1)
         self.evidence = EvidenceQuota(settings.ingest.evidence_quota_bytes)
         self.group = share_group(settings.broker_url.password)
         self.batches_filter = topics.shared_batches_filter(self.group)
@@ -113,7 +115,6 @@ class IngestConsumer:
 
     def health(self) -> dict[str, Any]:
         problem = self.db.problem
-        self.metrics.db_up.set(0 if problem else 1)
         doc: dict[str, Any] = {
             "healthy": self._connected and problem is None, "component": "cloud-ingest",
             "mqtt_connected": self._connected, "database": "ok" if problem is None else "not answering",
@@ -127,7 +128,8 @@ class IngestConsumer:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set; the batch in hand is finished and acked first."""
         self._stop = stop
-        self.db = Database(self.settings.database_url, deadline=self.settings.ingest.db_timeout_secs, stop=stop)
+        self.db = Database(self.settings.database_url, deadline=self.settings.ingest.db_timeout_secs, stop=stop,
+                           on_health=lambda up: self.metrics.db_up.set(1 if up else 0))
         await self.db.open()
         try:
             await self.db.run("load the registry", self.registry.load)

@@ -61,8 +61,10 @@ async def _no_reset(conn: asyncpg.Connection) -> None:
 class Database:
     """The consumer's pool, every use under a deadline, and the truth about the database's health."""
 
-    def __init__(self, dsn: str, *, deadline: float, stop: asyncio.Event) -> None:
+    def __init__(self, dsn: str, *, deadline: float, stop: asyncio.Event,
+                 on_health: Callable[[bool], None] = lambda up: None) -> None:
         self.dsn = dsn
+        self._on_health = on_health
         self.deadline = deadline
         self._stop = stop
         self._pool: asyncpg.Pool | None = None
@@ -128,11 +130,13 @@ class Database:
     def failed(self, why: str) -> None:
         if self.problem is None:
             log.error("the database is not answering (%s); ingest waits and retries, /healthz reports 503", why)
+            self._on_health(False)
         self.problem = why
 
     def recovered(self) -> None:
         if self.problem is not None:
             log.warning("the database answers again; ingest resumes")
+            self._on_health(True)
         self.problem = None
 
     async def watch(self, every: float = 2.0) -> None:

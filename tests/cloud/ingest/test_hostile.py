@@ -15,7 +15,8 @@ import aiomqtt
 import pytest
 
 from gridtokenx.harness.brokers import CONFIG_ROOT, Mosquitto
-from protocol.envelopes import MAX_BATCH_ITEMS, Batch, BatchItem, encode
+from protocol import topics
+from protocol.envelopes import MAX_BATCH_ITEMS, Ack, Batch, BatchItem, decode_ack, encode
 from protocol.reasons import Reason
 from tests.cloud.ingest.conftest import GATEWAY, ConsumerFactory
 from tests.cloud.ingest.hostile import HONEST, HOSTILE, Honest, publish_raw, warm_up
@@ -211,4 +212,82 @@ def test_a_gateway_in_the_consumer_group_gets_nothing_and_delays_nobody(
     honest, received = asyncio.run(attack())
     honest.assert_unharmed(min_batches=40)
     assert received == 0, f"a gateway subscribed to the consumers' batches and received {received} message(s)"
+    assert consumer.terminate() == 0
+
+
+def test_huge_batches_are_refused_and_acks_are_split_to_fit(
+        consumers: ConsumerFactory, migrated_db: str, cloud: Mosquitto, gateway_password: str) -> None:
+    """The report's 140,000 empty items (5.7 MB, a 9.7 MB ack) is an oversized envelope now; a
+    batch at the item limit is acked in parts that each fit the configured ack limit."""
+    honest_meter = Meter.make("honest-1")
+    asyncio.run(register(migrated_db, [honest_meter]))
+    consumer = consumers(env={"GRIDTOKENX_INGEST_ACK_MAX_BYTES": "16384"})
+    now = int(time.time())
+    huge = encode(Batch(HOSTILE, "huge", now, [BatchItem("m", 1, b"")] * 140_000))
+    assert len(huge) < 6_000_000
+    at_limit = Batch(HOSTILE, "at-limit", now, [BatchItem(f"meter-{i:04d}", i, b"") for i in range(MAX_BATCH_ITEMS)])
+
+    async def attack() -> tuple[Honest, list[Ack]]:
+        acks: list[Ack] = []
+        async with aiomqtt.Client("127.0.0.1", cloud.port, username=HOSTILE, password=gateway_password,
+                                  identifier=f"{HOSTILE}-acks") as listener:
+            await listener.subscribe(topics.acks(HOSTILE), qos=1)
+            honest = Honest("127.0.0.1", cloud.port, gateway_password, honest_meter)
+            async with honest.running():
+                await publish_raw("127.0.0.1", cloud.port, gateway_password, [huge, encode(at_limit)])
+
+                async def collect() -> None:
+                    async for message in listener.messages:
+                        assert isinstance(message.payload, bytes) and len(message.payload) <= 16384
+                        acks.append(decode_ack(message.payload))
+                        if sum(len(a.results) for a in acks) >= MAX_BATCH_ITEMS:
+                            return
+                await asyncio.wait_for(collect(), 30)
+                started = len(honest.published)
+                await async_wait_for(lambda: _true(len(honest.published) >= started + 20), timeout=20,
+                                     message="honest traffic after the attack")
+        return honest, acks
+
+    honest, acks = asyncio.run(attack())
+    honest.assert_unharmed()
+    assert len(acks) > 1 and {a.batch_id for a in acks} == {"at-limit"}
+    results = [r for a in acks for r in a.results]
+    assert [(r.meter_id, r.seq) for r in results] == [(i.meter_id, i.seq) for i in at_limit.items]
+    assert {r.reason for r in results} == {Reason.MALFORMED}
+    assert consumer.metric('gridtokenx_cloud_bad_envelopes_total{reason="oversized"}') == 1
+    assert consumer.terminate() == 0
+
+
+def test_evidence_is_bounded_per_gateway_with_a_counter(
+        consumers: ConsumerFactory, migrated_db: str, cloud: Mosquitto, gateway_password: str) -> None:
+    """Rejected payloads are stored cut to 4096 bytes, and a gateway past its quota keeps only
+    their length and SHA-256; the counter names the gateway."""
+    honest_meter = Meter.make("honest-1")
+    asyncio.run(register(migrated_db, [honest_meter]))
+    consumer = consumers(env={"GRIDTOKENX_INGEST_EVIDENCE_QUOTA_BYTES": str(4 * 4096)})
+    garbage = [BatchItem("hostile-m1", i, bytes([i]) * 4096) for i in range(10)]
+    big = BatchItem("hostile-m1", 99, b"\x01" * 4_000_000)  # 5.3 MB in base64: the broker takes it
+
+    async def attack() -> Honest:
+        honest = Honest("127.0.0.1", cloud.port, gateway_password, honest_meter)
+        async with honest.running():
+            await publish_raw("127.0.0.1", cloud.port, gateway_password,
+                              [encode(Batch(HOSTILE, "flood", int(time.time()), [*garbage, big]))])
+
+            async def recorded() -> bool:
+                rows = await query(migrated_db, "SELECT count(*) AS n FROM rejected_readings")
+                return bool(rows[0]["n"] == 11)
+            await async_wait_for(recorded, timeout=20, message="11 rejected rows")
+            started = len(honest.published)
+            await async_wait_for(lambda: _true(len(honest.published) >= started + 20), timeout=20,
+                                 message="honest traffic after the attack")
+        return honest
+
+    asyncio.run(attack()).assert_unharmed()
+    rows = asyncio.run(query(migrated_db, "SELECT seq, payload_bytes, length(payload) AS kept,"
+                                          " length(payload_sha256) AS sha FROM rejected_readings"))
+    assert sum(r["kept"] for r in rows) == 4 * 4096
+    assert {r["sha"] for r in rows} == {32}
+    assert {r["seq"]: r["payload_bytes"] for r in rows}[99] == 4_000_000
+    assert consumer.metric('gridtokenx_cloud_evidence_over_quota_total{gateway_id="hostile-gw"}') == 7
     assert consumer.terminate() == 0
