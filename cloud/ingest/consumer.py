@@ -28,6 +28,7 @@ import asyncpg
 
 from cloud.ingest.boundary import BadEnvelope, check_envelope
 from cloud.ingest.dbsteps import Abandoned, Database, Poison
+from cloud.ingest.fairness import FairQueue
 from cloud.ingest.metrics import IngestMetrics
 from cloud.ingest.pipeline import Parsed, Plan, classify, parse_items, verify_signatures
 from cloud.ingest.registry import Registry
@@ -157,7 +158,7 @@ class IngestConsumer:
                 async with aiomqtt.Client(
                     url.host, url.port, username=url.username, password=url.password,
                     identifier=self.settings.client_id, clean_session=False,
-                    tls_params=self._tls_params(),
+                    tls_params=self._tls_params(), queue_type=FairQueue,
                 ) as client:
                     if not probed:
                         await self._probe_shared_subscription(client)

@@ -291,3 +291,35 @@ def test_evidence_is_bounded_per_gateway_with_a_counter(
     assert {r["seq"]: r["payload_bytes"] for r in rows}[99] == 4_000_000
     assert consumer.metric('gridtokenx_cloud_evidence_over_quota_total{gateway_id="hostile-gw"}') == 7
     assert consumer.terminate() == 0
+
+
+def test_one_gateways_volume_does_not_delay_another(
+        consumers: ConsumerFactory, migrated_db: str, cloud: Mosquitto, gateway_password: str) -> None:
+    """A gateway that publishes a backlog of full, valid batches (several seconds of work for one
+    consumer) delays an honest gateway's batches by about one batch, not by its whole backlog: the
+    consumer takes batches round-robin per gateway (`fairness.FairQueue`)."""
+    honest_meter = Meter.make("honest-1")
+    flood_meters = [Meter.make(f"flood-{i:03d}") for i in range(100)]
+    asyncio.run(register(migrated_db, [honest_meter, *flood_meters]))
+    consumer = consumers()
+    now = int(time.time())
+    items = [m.item(seq, 10, seq * 10, end=now - 600 - (20 - seq) * 300) for seq in range(1, 21) for m in flood_meters]
+    flood = [encode(Batch(HOSTILE, f"flood-{i:03d}", now, items[i:i + MAX_BATCH_ITEMS]))
+             for i in range(0, len(items), MAX_BATCH_ITEMS)]  # 2 × 1000 readings, repeated below
+
+    async def attack() -> Honest:
+        honest = Honest("127.0.0.1", cloud.port, gateway_password, honest_meter)
+        async with honest.running():
+            await async_wait_for(lambda: _true(len(honest.latency) >= 5), timeout=20, message="honest traffic")
+            # Re-sent batches are real work too (parse, verify, context read, duplicate).
+            await publish_raw("127.0.0.1", cloud.port, gateway_password, flood * 10)
+
+            async def flood_done() -> bool:
+                return consumer.metric("gridtokenx_cloud_batches_total") >= len(flood) * 10
+            await async_wait_for(flood_done, timeout=120, message="the flood processed")
+        return honest
+
+    honest = asyncio.run(attack())
+    print(f"honest p99 {honest.p99():.2f} s over {len(honest.latency)} batches")
+    honest.assert_unharmed()
+    assert consumer.terminate() == 0
