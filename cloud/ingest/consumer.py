@@ -47,6 +47,7 @@ _BACKOFF_START, _BACKOFF_MAX = 0.5, 15.0
 #: Ack size when neither the settings nor the broker (MQTT 5 CONNACK) give a limit.
 DEFAULT_ACK_MAX_BYTES = 256 * 1024
 _EVIDENCE_WINDOW_SECS = 3600.0
+_SEEN_BAD_MAX = 4096
 
 
 class CapabilityError(Exception):
@@ -111,6 +112,8 @@ class IngestConsumer:
         self.ack_max_bytes = settings.ingest.ack_max_bytes or DEFAULT_ACK_MAX_BYTES
         self._connected = False
         self._commits = 0
+        self._seen_bad: dict[bytes, None] = {}
+        """Hashes of recent bad envelopes (insertion-ordered, bounded): a flood of copies is counted, not logged."""
         crash = os.environ.get(CRASH_AFTER_COMMIT_ENV)
         self._crash_after = int(crash) if crash else None
 
@@ -289,6 +292,11 @@ class IngestConsumer:
 
     async def _bad_envelope(self, bad: BadEnvelope) -> None:
         self.metrics.bad_envelopes.labels(reason=bad.reason.value).inc()
+        if bad.sha256 in self._seen_bad:
+            return  # counted; logged and recorded when first seen (a re-sent copy adds nothing)
+        self._seen_bad[bad.sha256] = None
+        if len(self._seen_bad) > _SEEN_BAD_MAX:
+            del self._seen_bad[next(iter(self._seen_bad))]
         log.warning("bad batch envelope from gateway %s (%d bytes, sha256 %s): %s: %s", bad.gateway_id, bad.size,
                     bad.sha256.hex()[:16], bad.reason.value, bad.detail[:300])
         try:
