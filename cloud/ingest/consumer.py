@@ -103,8 +103,7 @@ class IngestConsumer:
         self.registry = Registry()
         self._clock = clock
         self._stop = asyncio.Event()
-        self.db = Database(settings.database_url, deadline=settings.ingest.db_timeout_secs, stop=self._stop,
-                           on_health=lambda up: metrics.db_up.set(1 if up else 0))
+        self.db = self._database(self._stop)
         metrics.db_up.set(1)
         self.evidence = EvidenceQuota(settings.ingest.evidence_quota_bytes)
         self.group = share_group(settings.broker_url.password)
@@ -116,6 +115,10 @@ class IngestConsumer:
         """Hashes of recent bad envelopes (insertion-ordered, bounded): a flood of copies is counted, not logged."""
         crash = os.environ.get(CRASH_AFTER_COMMIT_ENV)
         self._crash_after = int(crash) if crash else None
+
+    def _database(self, stop: asyncio.Event) -> Database:
+        return Database(self.settings.database_url, deadline=self.settings.ingest.db_timeout_secs, stop=stop,
+                        on_health=lambda up: self.metrics.db_up.set(1 if up else 0))
 
     def health(self) -> dict[str, Any]:
         problem = self.db.problem
@@ -132,8 +135,7 @@ class IngestConsumer:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set; the batch in hand is finished and acked first."""
         self._stop = stop
-        self.db = Database(self.settings.database_url, deadline=self.settings.ingest.db_timeout_secs, stop=stop,
-                           on_health=lambda up: self.metrics.db_up.set(1 if up else 0))
+        self.db = self._database(stop)
         await self.db.open()
         try:
             await self.db.run("load the registry", self.registry.load)
