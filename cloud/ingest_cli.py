@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY
 
 from cloud import db
 from cloud.ingest import admin
-from cloud.ingest.consumer import IngestConsumer
+from cloud.ingest.consumer import CapabilityError, IngestConsumer
 from cloud.ingest.metrics import IngestMetrics
 from cloud.settings import CloudSettings
 from protocol import meters_csv
@@ -61,7 +61,7 @@ def _run(coro: Coroutine[Any, Any, T], dsn: str) -> T:
     except (OSError, asyncpg.InvalidCatalogNameError, asyncpg.InvalidAuthorizationSpecificationError) as exc:
         raise click.ClickException(
             f"cannot connect to PostgreSQL at {_redact(dsn)} ({exc}); start it or set DATABASE_URL") from exc
-    except (admin.AdminError, db.MigrationError, RuntimeFailure) as exc:
+    except (admin.AdminError, db.MigrationError, RuntimeFailure, CapabilityError) as exc:
         raise click.ClickException(str(exc)) from exc
 
 
@@ -296,6 +296,8 @@ async def _serve(settings: CloudSettings, role: str, run_minter: MinterFn | None
                 tasks.create_task(_until_done(consumer.run(stop), stop))
             if run_minter is not None:
                 tasks.create_task(_until_done(run_minter(settings, stop), stop))
+    except* CapabilityError as group:
+        raise group.exceptions[0] from None
     finally:
         await server.stop()
     log.info("stopped cleanly")

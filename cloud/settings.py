@@ -86,6 +86,21 @@ class ChainSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class IngestSettings:
+    """Bounds of the ingest consumer against a hostile gateway and a hanging database (docs/cloud-ingest.md)."""
+
+    db_timeout_secs: float = field(default=5.0, metadata={"env": "GRIDTOKENX_INGEST_DB_TIMEOUT_SECS"})
+    """Deadline of every database step; past it the step counts as a transient fault."""
+    evidence_quota_bytes: int = field(default=64 * 1024 * 1024,
+                                      metadata={"env": "GRIDTOKENX_INGEST_EVIDENCE_QUOTA_BYTES"})
+    """Rejected-payload bytes stored per gateway per hour; beyond it only length and SHA-256 are kept."""
+    ack_max_bytes: int = field(default=0, metadata={"env": "GRIDTOKENX_INGEST_ACK_MAX_BYTES"})
+    """Largest ack message; 0 = the broker's limit from the MQTT 5 CONNACK, else 256 KiB."""
+    probe_timeout_secs: float = field(default=5.0, metadata={"env": "GRIDTOKENX_INGEST_PROBE_TIMEOUT_SECS"})
+    """How long the startup check waits for its probe through the shared subscription."""
+
+
+@dataclass(frozen=True, slots=True)
 class CloudSettings:
     database_url: str = field(default="postgresql://postgres@127.0.0.1:5432/gridtokenx",
                               metadata={"env": "DATABASE_URL"})
@@ -101,3 +116,4 @@ class CloudSettings:
     log_file: Path | None = field(default=None, metadata={"env": "LOG_FILE"})
     tokenization: TokenizationSettings = field(default_factory=TokenizationSettings)
     chain: ChainSettings = field(default_factory=ChainSettings)
+    ingest: IngestSettings = field(default_factory=IngestSettings)

@@ -7,13 +7,27 @@ only to route the ack for payloads the cloud cannot parse; the cloud trusts the 
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 import msgspec
 
+from protocol.reading import METER_ID_RE
 from protocol.reasons import Reason
 
 ENVELOPE_VERSION = 1
+
+# Limits of a batch envelope (PROTOCOL.md, "Envelope limits"). The cloud checks every one of them
+# before any database work (cloud/ingest/boundary.py); anything outside is a bad envelope.
+#: Items per batch; the edge's --batch-size is capped at this.
+MAX_BATCH_ITEMS = 1000
+#: Bytes of one batch message: 1,000 × 4096-byte payloads, base64 in JSON, with room for the claims.
+#: Equal to the cloud broker's max_packet_size (broker-config/cloud/mosquitto.conf).
+MAX_ENVELOPE_BYTES = 6_000_000
+#: A gateway_id is an MQTT topic level and the gateway's broker username: the meter_id alphabet.
+GATEWAY_ID_RE = METER_ID_RE
+#: A batch_id is chosen by the edge (a uuid4 hex today); printable ASCII without spaces or wildcards.
+BATCH_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 Status = Literal["accepted", "duplicate", "rejected"]
 

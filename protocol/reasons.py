@@ -20,6 +20,11 @@ class Reason(StrEnum):
     """The payload is larger than the protocol's maximum (4096 bytes)."""
     TOPIC_MISMATCH = "topic_mismatch"
     """The topic is not meters/{meter_id}/readings, or names another meter than the reading."""
+    RETAINED = "retained"
+    """A batch was published as a retained MQTT message; the cloud discards it unread."""
+    UNSTORABLE = "unstorable"
+    """PostgreSQL refused to store the item for a reason other than a transient fault; the raw
+    envelope and the error are kept in ingest_dead_letters for review."""
 
     # Identity and signature (cloud, or edge pre-check)
     BAD_SIGNATURE = "bad_signature"
@@ -53,4 +58,4 @@ class Reason(StrEnum):
 
 
 #: Reasons a meter can cause by sending a bad reading (as opposed to edge housekeeping).
-READING_REASONS: frozenset[Reason] = frozenset(Reason) - {Reason.QUOTA_DROPPED, Reason.EXPIRED}
+READING_REASONS: frozenset[Reason] = frozenset(Reason) - {Reason.QUOTA_DROPPED, Reason.EXPIRED, Reason.RETAINED}

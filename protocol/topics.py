@@ -37,3 +37,13 @@ def gateway_of(topic: str) -> str:
     if len(parts) != 3 or parts[0] != "edge" or parts[2] not in ("batches", "acks") or not parts[1]:
         raise ProtocolError(Reason.TOPIC_MISMATCH, f"topic {topic[:120]!r} is not edge/{{gateway_id}}/...")
     return parts[1]
+
+
+def shared_batches_filter(group: str) -> str:
+    """The cloud consumers' shared subscription to every gateway's batches."""
+    return f"$share/{group}/{BATCHES_FILTER}"
+
+
+def probe(client_id: str) -> str:
+    """A cloud consumer's own topic for its startup check of shared subscriptions."""
+    return f"cloud/probe/{client_id}/ping"

@@ -1,7 +1,9 @@
-"""The MQTT shell of ingest: batches in from `$share/cloud/edge/+/batches`, acks out after commit.
+"""The MQTT shell of ingest: batches in from `$share/{group}/edge/+/batches`, acks out after commit.
 
-Per batch: parse → registry → verify signatures (the CPU-bound part, in a worker thread, overlapping
-the previous batch's commit) → context read → classify (rules) → one write statement → ack.
+Per batch: boundary checks (`boundary`, no database work) → parse → registry → verify signatures
+(the CPU-bound part, in a worker thread, overlapping the previous batch's commit) → context read →
+classify (rules) → one write statement → ack. A database step that fails for a non-transient
+reason is isolated by splitting the batch (`store`); a transient one is retried (`dbsteps`).
 More throughput comes from more consumer processes on the shared subscription, never from acking
 early. The MQTT session is persistent (clean_session False, QoS 1), so batches queued while this
 consumer was away are delivered when it returns; anything lost anyway is re-sent by the edge,
@@ -12,37 +14,82 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import aiomqtt
 import asyncpg
-import msgspec
 
-from cloud.db import create_pool
-from cloud.errors import CloudError
+from cloud.ingest.boundary import BadEnvelope, check_envelope
+from cloud.ingest.dbsteps import Abandoned, Database, Poison
+from cloud.ingest.fairness import FairQueue
 from cloud.ingest.metrics import IngestMetrics
 from cloud.ingest.pipeline import Parsed, Plan, classify, parse_items, verify_signatures
 from cloud.ingest.registry import Registry
 from cloud.ingest.rules import Limits
-from cloud.ingest.store import fetch_context, write_plan
+from cloud.ingest.store import fetch_context, record_bad_envelope, record_dead_letter, write_plan
 from cloud.settings import CloudSettings
 from protocol import topics
-from protocol.envelopes import Ack, Batch, decode_batch, encode
-from protocol.errors import ProtocolError
+from protocol.envelopes import Ack, AckItem, Batch, encode
 from protocol.reasons import Reason
 from runtime.backoff import Backoff, pause
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 _BACKOFF_START, _BACKOFF_MAX = 0.5, 15.0
-#: A dependency failure (retried), as opposed to a bug. InternalClientError is what asyncpg raises
-#: on a connection whose server backend was terminated mid-statement.
-_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+#: Ack size when neither the settings nor the broker (MQTT 5 CONNACK) give a limit.
+DEFAULT_ACK_MAX_BYTES = 256 * 1024
+_EVIDENCE_WINDOW_SECS = 3600.0
+_SEEN_BAD_MAX = 4096
+
+
+class CapabilityError(Exception):
+    """The broker lacks a feature ingest depends on; the message is one sentence for the operator."""
+
+
+def share_group(password: str | None) -> str:
+    """The consumers' shared-subscription group. Mosquitto's ACL cannot stop a gateway from
+    subscribing to `$share/<group>/edge/+/batches`, and a member of the group takes its share of
+    everyone's batches; so the group name is derived from the consumers' broker password, which
+    no gateway knows. Without a password (a dev broker) it is the documented `cloud`."""
+    if not password:
+        return "cloud"
+    return "cloud-" + hashlib.sha256(b"gridtokenx/share-group/1\n" + password.encode()).hexdigest()[:24]
+
+
+def split_ack(ack: Ack, max_bytes: int) -> list[Ack]:
+    """`ack` as one or more acks of the same batch, each encoded within `max_bytes` (the edge
+    applies each part by item; items an earlier part did not mention wait for the later one)."""
+    if len(encode(ack)) <= max_bytes or len(ack.results) <= 1:
+        return [ack]
+    mid = len(ack.results) // 2
+    return [*split_ack(Ack(ack.gateway_id, ack.batch_id, ack.results[:mid]), max_bytes),
+            *split_ack(Ack(ack.gateway_id, ack.batch_id, ack.results[mid:]), max_bytes)]
+
+
+class EvidenceQuota:
+    """Bytes of rejected evidence each gateway may store per hour (fixed windows)."""
+
+    def __init__(self, bytes_per_window: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = bytes_per_window
+        self._clock = clock
+        self._used: dict[str, tuple[float, int]] = {}
+
+    def admit(self, gateway_id: str, size: int) -> bool:
+        now = self._clock()
+        start, used = self._used.get(gateway_id, (now, 0))
+        if now - start >= _EVIDENCE_WINDOW_SECS:
+            start, used = now, 0
+        if used + size > self.limit:
+            self._used[gateway_id] = (start, used)
+            return False
+        self._used[gateway_id] = (start, used + size)
+        return True
 
 
 class IngestConsumer:
@@ -55,50 +102,81 @@ class IngestConsumer:
         self.limits = Limits.from_settings(settings.tokenization)
         self.registry = Registry()
         self._clock = clock
-        self._pool: asyncpg.Pool | None = None
+        self._stop = asyncio.Event()
+        self.db = self._database(self._stop)
+        metrics.db_up.set(1)
+        self.evidence = EvidenceQuota(settings.ingest.evidence_quota_bytes)
+        self.group = share_group(settings.broker_url.password)
+        self.batches_filter = topics.shared_batches_filter(self.group)
+        self.ack_max_bytes = settings.ingest.ack_max_bytes or DEFAULT_ACK_MAX_BYTES
         self._connected = False
         self._commits = 0
-        self._stop = asyncio.Event()
+        self._seen_bad: dict[bytes, None] = {}
+        """Hashes of recent bad envelopes (insertion-ordered, bounded): a flood of copies is counted, not logged."""
         self._after_commit = after_commit
 
+    def _database(self, stop: asyncio.Event) -> Database:
+        return Database(self.settings.database_url, deadline=self.settings.ingest.db_timeout_secs, stop=stop,
+                        on_health=lambda up: self.metrics.db_up.set(1 if up else 0))
+
     def health(self) -> dict[str, Any]:
-        return {"healthy": self._connected and self._pool is not None, "component": "cloud-ingest",
-                "mqtt_connected": self._connected, "meters_cached": len(self.registry),
-                "batches_committed": self._commits}
+        problem = self.db.problem
+        doc: dict[str, Any] = {
+            "healthy": self._connected and problem is None, "component": "cloud-ingest",
+            "mqtt_connected": self._connected, "database": "ok" if problem is None else "not answering",
+            "meters_cached": len(self.registry), "batches_committed": self._commits}
+        if problem is not None:
+            doc["reason"] = f"the database is not answering: {problem}"
+        elif not self._connected:
+            doc["reason"] = "not connected to the cloud broker"
+        return doc
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set; the batch in hand is finished and acked first."""
         self._stop = stop
-        self._pool = await create_pool(self.settings.database_url, min_size=1, max_size=2)
+        self.db = self._database(stop)
+        await self.db.open()
         try:
-            async with self._pool.acquire() as conn:
-                await self.registry.load(conn)
+            await self.db.run("load the registry", self.registry.load)
             log.info("registry loaded: %d meters", len(self.registry))
-            await self._consume(stop)
+            # Owned here rather than by a TaskGroup, so that errors reach the caller unwrapped.
+            watcher = asyncio.create_task(self.db.watch())
+            try:
+                await self._consume(stop)
+            finally:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+        except Abandoned as exc:
+            log.warning("stopping while the database does not answer (%s); unacked batches will be re-sent",
+                        exc.what)
         finally:
-            pool, self._pool = self._pool, None
-            await pool.close()
+            await self.db.close()
 
     async def _consume(self, stop: asyncio.Event) -> None:
         url = self.settings.broker_url
         backoff = Backoff(_BACKOFF_START, _BACKOFF_MAX)
+        probed = False
         while not stop.is_set():
             try:
                 async with aiomqtt.Client(
                     url.host, url.port, username=url.username, password=url.password,
                     identifier=self.settings.client_id, clean_session=False,
-                    tls_params=self._tls_params(),
+                    tls_params=self._tls_params(), queue_type=FairQueue,
                 ) as client:
-                    await client.subscribe(topics.SHARED_BATCHES_FILTER, qos=1)
+                    if not probed:
+                        await self._probe_shared_subscription(client)
+                        probed = True
+                    await client.subscribe(self.batches_filter, qos=1)
                     self._connected = True
                     backoff.reset()
-                    log.info("consuming %s on %s as %s", topics.SHARED_BATCHES_FILTER, url,
-                             self.settings.client_id)
+                    log.info("consuming %s on %s as %s", self.batches_filter.replace(self.group, "<group>"),
+                             url, self.settings.client_id)
                     await self._loop(client, stop)
                     await self._leave(client)
             except Abandoned as exc:
-                log.warning("stopping without committing batch %s (the database is unreachable); "
-                            "the edge will re-send it", exc.batch_id)
+                log.warning("stopping while the database does not answer (step: %s); the batches in hand "
+                            "stay unacked and the edge re-sends them", exc.what)
                 return
             except aiomqtt.MqttError as exc:
                 log.warning("MQTT connection to %s failed or was lost (%s); reconnecting", url, exc)
@@ -106,6 +184,31 @@ class IngestConsumer:
                 self._connected = False
             if not stop.is_set():
                 await pause(stop, backoff.next())
+
+    async def _probe_shared_subscription(self, client: aiomqtt.Client) -> None:
+        """Prove that a message published to a topic of our own comes back through a `$share`
+        group; brokers that grant `$share` SUBSCRIBEs and then deliver nothing (NATS's and
+        RabbitMQ's MQTT gateways) are refused with one sentence instead of consuming nothing."""
+        topic = topics.probe(self.settings.client_id)
+        shared = f"$share/{self.group}/{topic}"
+        nonce = secrets.token_bytes(16)
+        timeout = self.settings.ingest.probe_timeout_secs
+        await client.subscribe(shared, qos=1)
+        try:
+            await client.publish(topic, nonce, qos=1)
+            async with asyncio.timeout(timeout):
+                async for message in client.messages:
+                    if message.topic.value == topic and message.payload == nonce:
+                        break
+        except TimeoutError:
+            raise CapabilityError(
+                f"the broker at {self.settings.broker_url} accepted a shared subscription ($share/<group>/{topic}) "
+                "but did "
+                f"not deliver a probe through it within {timeout:g} s: it lacks MQTT shared subscriptions, "
+                "which cloud ingest needs (use Mosquitto 2, EMQX or HiveMQ)") from None
+        finally:
+            with contextlib.suppress(aiomqtt.MqttError):
+                await client.unsubscribe(shared)
 
     def _tls_params(self) -> aiomqtt.TLSParameters | None:
         """mqtts:// uses the CA file when one is configured, else the system's trust store."""
@@ -149,11 +252,11 @@ class IngestConsumer:
         queueing its share of batches there, so a consumer that stops on purpose unsubscribes
         first; a crashed one gets its queue back when it restarts with the same client id.
         """
-        await client.unsubscribe(topics.SHARED_BATCHES_FILTER)
+        await client.unsubscribe(self.batches_filter)
         messages = aiter(client.messages)
         while len(client.messages) > 0:
             await self.handle(client, await anext(messages))
-        log.info("left %s after draining; %d batches committed", topics.SHARED_BATCHES_FILTER, self._commits)
+        log.info("left the shared subscription after draining; %d batches committed", self._commits)
 
     async def handle(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
         """One message start to end (used while draining)."""
@@ -162,29 +265,43 @@ class IngestConsumer:
             await self.commit(client, prepared)
 
     async def prepare(self, message: aiomqtt.Message) -> Prepared | None:
-        """Decode the envelope, parse the items, verify signatures; None for a bad envelope."""
+        """Check the envelope at the boundary, parse the items, verify signatures; None for a bad
+        envelope (counted, recorded once, never retried: without a trustworthy envelope there is
+        nobody to ack)."""
         payload = message.payload
-        topic = message.topic.value
-        try:
-            if not isinstance(payload, bytes | bytearray):
-                raise msgspec.DecodeError("payload is not bytes")
-            batch = decode_batch(bytes(payload))
-            if topics.gateway_of(topic) != batch.gateway_id:
-                raise ProtocolError(Reason.TOPIC_MISMATCH,
-                                    f"batch of gateway {batch.gateway_id!r} on topic {topic!r}")
-        except (msgspec.DecodeError, msgspec.ValidationError, ProtocolError) as exc:
-            # The ACL lets a gateway publish only on its own topic, so this is a bug or an attack at
-            # that gateway; without a trustworthy envelope there is nobody to ack. Count and go on.
-            self.metrics.bad_envelopes.inc()
-            log.warning("bad batch envelope on %s (%d bytes): %s", topic, len(payload or b""), exc)
+        raw = bytes(payload) if isinstance(payload, bytes | bytearray) else b""
+        checked = check_envelope(raw, message.topic.value, retained=bool(message.retain))
+        if isinstance(checked, BadEnvelope):
+            await self._bad_envelope(checked)
             return None
+        return await self._prepare_batch(checked)
+
+    async def _prepare_batch(self, batch: Batch) -> Prepared:
         started = time.perf_counter()
         parsed = parse_items(batch)
         meter_ids = {p.signed.reading.meter_id for p in parsed if p.signed is not None}
-        await self._with_db_retry(batch, lambda conn: self._refresh_registry(conn, meter_ids))
+        try:
+            await self.db.run(f"registry for batch {batch.batch_id}",
+                              lambda conn: self._refresh_registry(conn, meter_ids))
+        except Poison as exc:  # the registry is ours, not the gateway's: say so, verify with what we have
+            log.error("registry refresh for batch %s failed: %s", batch.batch_id, exc)
         verified = await asyncio.to_thread(verify_signatures, parsed, self.registry.get)
         self.metrics.verify_seconds.observe(time.perf_counter() - started)
         return Prepared(batch, parsed, verified)
+
+    async def _bad_envelope(self, bad: BadEnvelope) -> None:
+        self.metrics.bad_envelopes.labels(reason=bad.reason.value).inc()
+        if bad.sha256 in self._seen_bad:
+            return  # counted; logged and recorded when first seen (a re-sent copy adds nothing)
+        self._seen_bad[bad.sha256] = None
+        if len(self._seen_bad) > _SEEN_BAD_MAX:
+            del self._seen_bad[next(iter(self._seen_bad))]
+        log.warning("bad batch envelope from gateway %s (%d bytes, sha256 %s): %s: %s", bad.gateway_id, bad.size,
+                    bad.sha256.hex()[:16], bad.reason.value, bad.detail[:300])
+        try:
+            await self.db.run("record a bad envelope", lambda conn: record_bad_envelope(conn, bad))
+        except Poison as exc:
+            log.error("could not record the bad envelope %s: %s", bad.sha256.hex()[:16], exc)
 
     async def _refresh_registry(self, conn: asyncpg.Connection, meter_ids: set[str]) -> None:
         await self.registry.refresh_if_due(conn)
@@ -192,38 +309,54 @@ class IngestConsumer:
 
     async def commit(self, client: aiomqtt.Client, prepared: Prepared) -> None:
         batch = prepared.batch
-        plan = await self._with_db_retry(batch, lambda conn: self.persist(conn, prepared))
-        for meter_id, why in plan.quarantine.items():
-            self.registry.mark(meter_id, "quarantined")
-            log.warning("meter %s quarantined: %s", meter_id, why)
+        results = await self.store(prepared)
         self._commits += 1
         if self._after_commit is not None:
             self._after_commit(self._commits)
-        ack = Ack(gateway_id=batch.gateway_id, batch_id=batch.batch_id, results=plan.results())
-        await client.publish(topics.acks(batch.gateway_id), encode(ack), qos=1)
-        self.metrics.record(plan)
+        for part in split_ack(Ack(gateway_id=batch.gateway_id, batch_id=batch.batch_id, results=results),
+                              self.ack_max_bytes):
+            await client.publish(topics.acks(batch.gateway_id), encode(part), qos=1)
         self.metrics.batches.inc()
 
-    async def _with_db_retry(self, batch: Batch, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        """Postgres being away is a dependency failure, not bad input: retry the same step (every
-        write is idempotent) with backoff; the edge's readings stay unacked meanwhile."""
-        assert self._pool is not None
-        backoff = Backoff(_BACKOFF_START, _BACKOFF_MAX)
-        while True:
+    async def store(self, prepared: Prepared) -> list[AckItem]:
+        """Persist one batch; the ack results, one per item in item order. Poison (a non-transient
+        database failure) is isolated by halving the batch until the items that fail are alone;
+        those are set aside in ingest_dead_letters and acked as `unstorable`."""
+        try:
+            plan = await self.db.run(f"commit batch {prepared.batch.batch_id}",
+                                     lambda conn: self.persist(conn, prepared))
+        except Poison as exc:
+            return await self._isolate(prepared.batch, exc)
+        self._note_commit(plan)
+        return plan.results()
+
+    async def _isolate(self, batch: Batch, error: Poison) -> list[AckItem]:
+        if len(batch.items) <= 1:
+            kind = "item" if batch.items else "batch"
+            raw = batch.items[0].payload if batch.items else encode(batch)
+            log.error("batch %s of gateway %s: %s set aside after PostgreSQL refused it: %s", batch.batch_id,
+                      batch.gateway_id, kind, error)
+            self.metrics.dead_letters.labels(kind=kind).inc()
             try:
-                async with self._pool.acquire() as conn:
-                    try:
-                        return await work(conn)
-                    except _DB_ERRORS:
-                        # Never hand a connection that failed mid-protocol back to the pool.
-                        conn.terminate()
-                        raise
-            except _DB_ERRORS as exc:
-                if self._stop.is_set():
-                    raise Abandoned(batch.batch_id) from exc
-                delay = backoff.next()
-                log.error("database step for batch %s failed (%s); retrying in %.1f s", batch.batch_id, exc, delay)
-                await pause(self._stop, delay)
+                await self.db.run("record a dead letter", lambda conn: record_dead_letter(
+                    conn, kind=kind, detail=str(error), gateway_id=batch.gateway_id, batch_id=batch.batch_id,
+                    raw=raw))
+            except Poison as exc:
+                log.error("could not record the dead letter of batch %s: %s", batch.batch_id, exc)
+            self.metrics.rejected.labels(reason=Reason.UNSTORABLE.value).inc(len(batch.items))
+            return [AckItem(i.meter_id, i.seq, "rejected", Reason.UNSTORABLE) for i in batch.items]
+        mid = len(batch.items) // 2
+        results: list[AckItem] = []
+        for items in (batch.items[:mid], batch.items[mid:]):
+            half = await self._prepare_batch(Batch(batch.gateway_id, batch.batch_id, batch.sent_at, items, batch.v))
+            results.extend(await self.store(half))
+        return results
+
+    def _note_commit(self, plan: Plan) -> None:
+        for meter_id, why in plan.quarantine.items():
+            self.registry.mark(meter_id, "quarantined")
+            log.warning("meter %s quarantined: %s", meter_id, why)
+        self.metrics.record(plan)
 
     async def persist(self, conn: asyncpg.Connection, prepared: Prepared) -> Plan:
         started = time.perf_counter()
@@ -231,17 +364,14 @@ class IngestConsumer:
         context = await fetch_context(conn, keys)
         plan = classify(prepared.batch, prepared.parsed, prepared.verified, context, self.registry.get,
                         limits=self.limits, now=int(self._clock()))
-        await write_plan(conn, plan)
+        gateway = prepared.batch.gateway_id
+        over = await write_plan(conn, plan, admit=lambda n: self.evidence.admit(gateway, n))
+        if over:
+            self.metrics.evidence_over_quota.labels(gateway_id=gateway).inc(over)
+            log.warning("gateway %s is over its evidence quota: %d rejected payload(s) stored as length and "
+                        "SHA-256 only", gateway, over)
         self.metrics.commit_seconds.observe(time.perf_counter() - started)
         return plan
-
-
-class Abandoned(CloudError):
-    """Stopping while the database is unreachable: the batch is left unacked for the edge to re-send."""
-
-    def __init__(self, batch_id: str) -> None:
-        super().__init__(batch_id)
-        self.batch_id = batch_id
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from cloud.ingest.pipeline import Plan
 from protocol.reasons import READING_REASONS
@@ -20,7 +20,16 @@ class IngestMetrics:
         self.rejected = Counter("gridtokenx_cloud_readings_rejected", "Items rejected, by reason code",
                                 ["reason"], registry=r)
         self.bad_envelopes = Counter("gridtokenx_cloud_bad_envelopes",
-                                     "Batch messages that were not a valid envelope", registry=r)
+                                     "Batch messages that were not a valid envelope, by reason code", ["reason"],
+                                     registry=r)
+        self.dead_letters = Counter("gridtokenx_cloud_dead_letters",
+                                    "Batches or items set aside because PostgreSQL refused them (not transient)",
+                                    ["kind"], registry=r)
+        self.evidence_over_quota = Counter(
+            "gridtokenx_cloud_evidence_over_quota",
+            "Rejected payloads stored without their bytes: the gateway's evidence quota was used up",
+            ["gateway_id"], registry=r)
+        self.db_up = Gauge("gridtokenx_cloud_db_up", "1 while the database answers within its deadline", registry=r)
         self.batches = Counter("gridtokenx_cloud_batches", "Batches committed and acknowledged", registry=r)
         self.commit_seconds = Histogram(
             "gridtokenx_cloud_batch_commit_seconds", "Time to persist one batch (context read + write)",

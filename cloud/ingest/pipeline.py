@@ -2,7 +2,8 @@
 
 Order of checks for each item (the first failing one decides):
 
-1. parse (`protocol.wire.parse_payload`) → malformed / oversized; parsed key ≠ the edge's claim → malformed.
+1. the edge's claim (`boundary.check_item`: meter_id pattern, seq in int64, payload size) and the
+   parse (`protocol.wire.parse_payload`) → malformed / oversized; parsed key ≠ the claim → malformed.
 2. same bytes as a reading already stored (Postgres or earlier in this batch) → duplicate. Checked
    before the registry so that a batch re-sent after a crash is recognised even if the meter was
    quarantined since.
@@ -23,6 +24,7 @@ import hashlib
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
+from cloud.ingest.boundary import check_item, storable_claim
 from cloud.ingest.registry import MeterRecord
 from cloud.ingest.rules import Limits, RegisterPoint, check_reading
 from protocol.envelopes import AckItem, Batch, BatchItem
@@ -62,8 +64,9 @@ class AcceptedRow:
 @dataclass(frozen=True, slots=True)
 class RejectedRow:
     index: int
-    meter_id: str
-    seq: int
+    meter_id: str | None
+    """None when the edge's claim is not a valid meter id (the ack still echoes the claim)."""
+    seq: int | None
     reason: Reason
     detail: str
     payload: bytes
@@ -82,7 +85,7 @@ class Plan:
     quarantine: dict[str, str] = field(default_factory=dict)
     """meter_id → status_reason, for meters caught equivocating in this batch."""
 
-    def reject(self, parsed: Parsed, meter_id: str, seq: int, reason: Reason, detail: str) -> None:
+    def reject(self, parsed: Parsed, meter_id: str | None, seq: int | None, reason: Reason, detail: str) -> None:
         self.rejected.append(RejectedRow(parsed.index, meter_id, seq, reason, detail, parsed.item.payload))
 
     def results(self) -> list[AckItem]:
@@ -104,6 +107,10 @@ class Plan:
 def parse_items(batch: Batch) -> list[Parsed]:
     out: list[Parsed] = []
     for index, item in enumerate(batch.items):
+        bad_claim = check_item(item)
+        if bad_claim is not None:
+            out.append(Parsed(index, item, None, *bad_claim))
+            continue
         try:
             signed = parse_payload(item.payload)
         except ProtocolError as exc:
@@ -142,7 +149,7 @@ def classify(batch: Batch, parsed: list[Parsed], verified: Collection[int], cont
     for p in parsed:
         if p.signed is None:
             assert p.reason is not None
-            plan.reject(p, p.item.meter_id, p.item.seq, p.reason, p.detail)
+            plan.reject(p, *storable_claim(p.item), p.reason, p.detail)
         else:
             valid.append((p.signed.key, p.index, p, p.signed))
     # Ascending seq per meter, so a batch-local predecessor is always decided before its successor.

@@ -10,13 +10,16 @@ there a third, rare, statement to resolve it (see `pipeline.resolve_conflicts`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Callable, Sequence
 
 import asyncpg
 import msgspec
 
+from cloud.ingest.boundary import MAX_EVIDENCE_BYTES, BadEnvelope, storable_text
 from cloud.ingest.pipeline import AcceptedRow, Key, Plan, RejectedRow, StoredContext, resolve_conflicts
 from cloud.ingest.rules import RegisterPoint
+from protocol.wire import MAX_PAYLOAD_BYTES
 
 # One index probe finds the stored reading at the key or, failing that, its predecessor; a second
 # finds the successor (only out-of-order arrivals have one).
@@ -48,10 +51,12 @@ WITH acc AS (
     ON CONFLICT (meter_id, seq) DO NOTHING
     RETURNING meter_id, seq
 ), rej AS (
-    INSERT INTO rejected_readings (meter_id, seq, reason, detail, payload, payload_sha256, gateway_id, batch_id)
-    SELECT r.meter_id, r.seq, r.reason, r.detail, decode(r.payload, 'base64'), decode(r.sha, 'base64'), $4, $5
+    INSERT INTO rejected_readings (meter_id, seq, reason, detail, payload, payload_sha256, payload_bytes,
+                                   gateway_id, batch_id)
+    SELECT r.meter_id, r.seq, r.reason, r.detail, decode(r.payload, 'base64'), decode(r.sha, 'base64'), r.size,
+           $4, $5
     FROM json_to_recordset($2::json) AS r(meter_id text, seq bigint, reason text, detail text, payload text,
-                                          sha text)
+                                          sha text, size int)
     ON CONFLICT (payload_sha256, reason) DO NOTHING
 ), quarantine AS (
     UPDATE meters SET status = 'quarantined', status_reason = q.why, updated_at = now()
@@ -79,12 +84,13 @@ class _AcceptedJson(msgspec.Struct, frozen=True):
 
 
 class _RejectedJson(msgspec.Struct, frozen=True):
-    meter_id: str
-    seq: int
+    meter_id: str | None
+    seq: int | None
     reason: str
     detail: str
     payload: bytes
     sha: bytes
+    size: int
 
 
 class _QuarantineJson(msgspec.Struct, frozen=True):
@@ -107,13 +113,22 @@ def _accepted_json(rows: Sequence[AcceptedRow]) -> str:
     return _encode(out).decode()
 
 
-def _rejected_json(rows: Sequence[RejectedRow]) -> str:
-    return _encode([_RejectedJson(r.meter_id, r.seq, r.reason.value, r.detail[:1000], r.payload, r.payload_sha256)
-                    for r in rows]).decode()
+def _rejected_json(rows: Sequence[RejectedRow], admit: Callable[[int], bool]) -> tuple[str, int]:
+    """The rows as JSON, and how many lost their evidence to the gateway's quota. Evidence is cut to
+    the protocol's maximum payload; the hash and length always describe the whole payload."""
+    out, dropped = [], 0
+    for r in rows:
+        evidence = r.payload[:MAX_PAYLOAD_BYTES]
+        if evidence and not admit(len(evidence)):
+            evidence, dropped = b"", dropped + 1
+        out.append(_RejectedJson(r.meter_id, r.seq, r.reason.value, storable_text(r.detail, 1000), evidence,
+                                 r.payload_sha256, len(r.payload)))
+    return _encode(out).decode(), dropped
 
 
 def _quarantine_json(plan: Plan) -> str:
-    return _encode([_QuarantineJson(m, why) for m, why in sorted(plan.quarantine.items())]).decode()
+    return _encode([_QuarantineJson(m, storable_text(why, 1000))
+                    for m, why in sorted(plan.quarantine.items())]).decode()
 
 
 async def fetch_context(conn: asyncpg.Connection, keys: Sequence[Key]) -> dict[Key, StoredContext]:
@@ -131,15 +146,23 @@ async def fetch_context(conn: asyncpg.Connection, keys: Sequence[Key]) -> dict[K
     return out
 
 
-async def write_plan(conn: asyncpg.Connection, plan: Plan) -> None:
-    """Persist `plan` atomically; afterwards `plan` describes exactly what Postgres holds for it."""
+def _always(_: int) -> bool:
+    return True
+
+
+async def write_plan(conn: asyncpg.Connection, plan: Plan, *, admit: Callable[[int], bool] = _always) -> int:
+    """Persist `plan` atomically; afterwards `plan` describes exactly what Postgres holds for it.
+
+    `admit(n)` says whether n more bytes of rejected evidence fit the gateway's quota. Returns the
+    number of rejected rows stored without their payload because they did not."""
     acc = plan.accepted
     batch = plan.batch
-    rows = await conn.fetch(_WRITE, _accepted_json(acc), _rejected_json(plan.rejected), _quarantine_json(plan),
+    rejected, dropped = _rejected_json(plan.rejected, admit)
+    rows = await conn.fetch(_WRITE, _accepted_json(acc), rejected, _quarantine_json(plan),
                             batch.gateway_id, batch.batch_id)
     inserted = {(r["meter_id"], r["seq"]) for r in rows}
     if len(inserted) == len(acc):
-        return
+        return dropped
     # Another consumer stored some of these keys between our context read and our insert.
     lost = [a.signed.key for a in acc if a.signed.key not in inserted]
     stored_rows = await conn.fetch(
@@ -150,5 +173,29 @@ async def write_plan(conn: asyncpg.Connection, plan: Plan) -> None:
     before = len(plan.rejected)
     resolve_conflicts(plan, inserted, stored)
     if len(plan.rejected) > before:
-        await conn.execute(_WRITE, "[]", _rejected_json(plan.rejected[before:]), _quarantine_json(plan),
-                           batch.gateway_id, batch.batch_id)
+        rejected, more = _rejected_json(plan.rejected[before:], admit)
+        await conn.execute(_WRITE, "[]", rejected, _quarantine_json(plan), batch.gateway_id, batch.batch_id)
+        dropped += more
+    return dropped
+
+
+_DEAD_LETTER = """
+INSERT INTO ingest_dead_letters (kind, reason, detail, gateway_id, batch_id, envelope, envelope_bytes,
+                                 envelope_sha256)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+ON CONFLICT (envelope_sha256, kind, reason) DO NOTHING
+"""
+
+
+async def record_bad_envelope(conn: asyncpg.Connection, bad: BadEnvelope) -> None:
+    """Keep bounded evidence of a bad envelope, once per distinct message and reason."""
+    await conn.execute(_DEAD_LETTER, "envelope", bad.reason.value, bad.detail, bad.gateway_id, None,
+                       bad.evidence, bad.size, bad.sha256)
+
+
+async def record_dead_letter(conn: asyncpg.Connection, *, kind: str, detail: str, gateway_id: str, batch_id: str,
+                             raw: bytes) -> None:
+    """Set aside a batch (kind "batch") or one item's payload (kind "item") that PostgreSQL refused.
+    Every text value here passed `boundary` already; the error text is made storable."""
+    await conn.execute(_DEAD_LETTER, kind, "unstorable", storable_text(detail, 2000), gateway_id, batch_id,
+                       raw[:MAX_EVIDENCE_BYTES], len(raw), hashlib.sha256(raw).digest())

@@ -139,6 +139,8 @@ class Mosquitto:
     """TLS listener requires a client certificate whose CN is the username (see render_config)."""
     """A password file to use as is (e.g. from `gridtokenx broker credentials`); `users` then only
     needs the users a caller wants URLs for, and users missing from the file are appended."""
+    config_root: Path = CONFIG_ROOT
+    """Where {role}/mosquitto.conf and {role}/acl come from (tests may start a variant)."""
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -182,7 +184,8 @@ class Mosquitto:
 
     def start(self, timeout: float = 10.0) -> None:
         conf = render_config(self.role, workdir=self.workdir, port=self.port, tls_port=self.tls_port,
-                             certs_dir=self.certs_dir, client_certs=self.client_certs)
+                             certs_dir=self.certs_dir, client_certs=self.client_certs,
+                             config_root=self.config_root)
         self._write_passwd()
         self._proc = subprocess.Popen(
             [mosquitto_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
