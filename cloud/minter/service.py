@@ -402,6 +402,8 @@ class Minter:
                     next_poll = time.monotonic() + tok.polling_interval_secs
                     await self.refresh_metrics()
                 await self.serve_requests()
+                if self.watcher is not None:
+                    self.watcher.wake.clear()  # what arrives from here on wakes the next pass at once
                 open_count = await self.drive()
                 failures = 0
             except (TimeoutError, ChainError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -424,7 +426,6 @@ class Minter:
         """Until `stop`, a WebSocket event (notification, socket lost or back) or `delay` seconds."""
         waits = [asyncio.ensure_future(stop.wait())]
         if self.watcher is not None:
-            self.watcher.wake.clear()
             waits.append(asyncio.ensure_future(self.watcher.wake.wait()))
         try:
             await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
