@@ -51,7 +51,7 @@ from cloud.chain.tx import (
 from cloud.chain.ws import SignatureWatcher
 from cloud.minter import metrics, store
 from cloud.minter.status import export, read_status
-from cloud.settings import CloudSettings
+from cloud.settings import CloudSettings, websocket_url
 
 log = logging.getLogger(__name__)
 
@@ -458,7 +458,7 @@ async def run_minter(settings: CloudSettings, stop: asyncio.Event) -> None:
         pool = await create_pool(settings.database_url)
         watcher = None
         if settings.chain.backend == "rpc" and settings.chain.confirm_mode == "subscribe":
-            watcher = SignatureWatcher(settings.chain.ws_url)
+            watcher = SignatureWatcher(websocket_url(settings.chain))
             watcher.start()
         try:
             minter = Minter(pool, backend, settings, watcher)

@@ -14,7 +14,7 @@ from solders.rpc.responses import LogsNotification, SignatureNotification, SlotN
 
 from cloud.chain.factory import open_backend
 from cloud.chain.tx import ComputeBudget, build_mint_tx
-from cloud.settings import ChainSettings, CloudSettings
+from cloud.settings import ChainSettings, CloudSettings, websocket_url
 from tests.cloud.chain.conftest import LocalnetFactory
 
 
@@ -62,5 +62,26 @@ def test_solana_py_websocket_and_fee_methods(localnet_factory: LocalnetFactory, 
         finally:
             await client.close()
             await backend.close()
+
+    asyncio.run(scenario())
+
+
+def test_websocket_url_defaults_to_the_rpc_urls_twin() -> None:
+    assert websocket_url(ChainSettings(rpc_url="http://127.0.0.1:8899")) == "ws://127.0.0.1:8900"
+    assert websocket_url(ChainSettings(rpc_url="https://api.devnet.solana.com")) == "wss://api.devnet.solana.com"
+    assert websocket_url(ChainSettings(rpc_url="http://localnet:8899", ws_url="ws://elsewhere:1")) == "ws://elsewhere:1"
+
+
+def test_localnet_serves_the_websocket_on_port_plus_one(localnet_factory: LocalnetFactory) -> None:
+    """The validator's convention, so SOLANA_WS_URL can be left to its default."""
+    from gridtokenx.harness.brokers import free_port
+
+    port = free_port()
+    url = localnet_factory("--port", str(port))  # the last --port wins over the fixture's --port 0
+    assert url.endswith(f":{port}")
+
+    async def scenario() -> None:
+        async with SolanaWsClient(websocket_url(ChainSettings(rpc_url=url))) as ws:
+            assert (await ws.slot_subscribe()).subscription_id > 0
 
     asyncio.run(scenario())
