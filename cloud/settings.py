@@ -51,7 +51,8 @@ class ChainSettings:
     backend: str = field(default="embedded", metadata={"env": "GRIDTOKENX_CHAIN_BACKEND"})
     """`embedded` (LiteSVM in this process) or `rpc` (solana-py AsyncClient)."""
     rpc_url: str = field(default="http://127.0.0.1:8899", metadata={"env": "SOLANA_RPC_URL"})
-    ws_url: str = field(default="ws://127.0.0.1:8900", metadata={"env": "SOLANA_WS_URL"})
+    ws_url: str = field(default="", metadata={"env": "SOLANA_WS_URL"})
+    """Empty: derived from SOLANA_RPC_URL as the Solana CLI does (http→ws, https→wss, port + 1)."""
     mint_address: str | None = field(default=None, metadata={"env": "GRIDTOKENX_MINT_ADDRESS"})
     authority_keypair: Path | None = field(default=None, metadata={"env": "GRIDTOKENX_MINT_AUTHORITY_KEYPAIR"})
     token_program: str = field(default="spl-token", metadata={"env": "GRIDTOKENX_TOKEN_PROGRAM"})
@@ -83,6 +84,20 @@ class ChainSettings:
         default=10.0, metadata={"env": "GRIDTOKENX_RPC_RATE_LIMIT_MAX_BACKOFF_SECS"})
     fee_payer_min_batches: int = field(default=100, metadata={"env": "GRIDTOKENX_FEE_PAYER_MIN_BATCHES"})
     """Alert (gridtokenx_alert{name="fee_payer_low"}) when the authority's SOL pays fewer worst-case batches."""
+
+
+def websocket_url(chain: ChainSettings) -> str:
+    """SOLANA_WS_URL, or the RPC URL's WebSocket twin (http://h:8899 → ws://h:8900)."""
+    if chain.ws_url:
+        return chain.ws_url
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(chain.rpc_url)
+    scheme = "wss" if parts.scheme == "https" else "ws"
+    netloc = parts.netloc
+    if parts.port is not None:
+        netloc = netloc.rsplit(":", 1)[0] + f":{parts.port + 1}"
+    return urlunsplit((scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 @dataclass(frozen=True, slots=True)

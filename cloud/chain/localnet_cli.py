@@ -65,6 +65,7 @@ async def _serve(net: Localnet, host: str, port: int, ready_file: Path | None, w
     site = web.TCPSite(runner, host, port)
     await site.start()
     sockets = getattr(site._server, "sockets", None)
+    explicit_ws_port = ws_port is not None
     if ws_port is None:
         ws_port = port + 1 if port else 0
     if port == 0 and sockets:
@@ -76,11 +77,21 @@ async def _serve(net: Localnet, host: str, port: int, ready_file: Path | None, w
         ws_runner = web.AppRunner(net.ws_app(), access_log=None)
         await ws_runner.setup()
         ws_site = web.TCPSite(ws_runner, host, ws_port)
-        await ws_site.start()
-        ws_sockets = getattr(ws_site._server, "sockets", None)
-        if ws_port == 0 and ws_sockets:
-            ws_port = ws_sockets[0].getsockname()[1]
-        ws_url = f"ws://{host}:{ws_port}"
+        try:
+            await ws_site.start()
+        except OSError as exc:
+            if explicit_ws_port:
+                raise
+            # port + 1 is taken: the WebSocket is still served on the RPC port itself.
+            click.echo(f"localnet: WebSocket port {ws_port} unavailable ({exc}); serving it on {port} only",
+                       err=True)
+            await ws_runner.cleanup()
+            ws_runner = None
+        else:
+            ws_sockets = getattr(ws_site._server, "sockets", None)
+            if ws_port == 0 and ws_sockets:
+                ws_port = ws_sockets[0].getsockname()[1]
+            ws_url = f"ws://{host}:{ws_port}"
     click.echo(f"localnet listening on {url}, WebSocket {ws_url} (faults: {net.faults})", err=True)
     if ready_file is not None:
         tmp = ready_file.with_suffix(".tmp")

@@ -19,52 +19,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
 import asyncpg
-from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 from solders.transaction import VersionedTransaction
 
-from cloud.chain.base import (
-    ChainBackend,
-    ChainError,
-    ChainUnavailable,
-    MintIdentity,
-    RecentBlockhash,
-    SendRefused,
-    SignatureStatus,
-)
-from cloud.chain.fees import wanted_price
-from cloud.chain.tx import (
-    MAX_COMPUTE_UNITS,
-    UNITS_PER_BUMP_ITERATION,
-    ComputeBudget,
-    ata_bump_iterations,
-    budget_of,
-    build_mint_tx,
-    max_wallets_per_tx,
-)
+from cloud.chain.base import ChainBackend, ChainError, ChainUnavailable, MintIdentity, RecentBlockhash, SignatureStatus
+from cloud.chain.tx import budget_of, build_mint_tx, max_wallets_per_tx
 from cloud.chain.ws import SignatureWatcher
 from cloud.minter import metrics, store
+from cloud.minter.budget import Budget
 from cloud.minter.status import export, read_status
-from cloud.settings import CloudSettings
+from cloud.settings import CloudSettings, websocket_url
 from runtime.backoff import Backoff, pause
 
 log = logging.getLogger(__name__)
 
 DRAIN_SECS = 10.0
 MANUAL_LIMIT = 100_000
-TOKEN_ACCOUNT_SIZE = 170  # a Token-2022 ATA (165 bytes + ImmutableOwner); SPL Token's is 165
-
-
-def rent_exempt_lamports(size: int) -> int:
-    """Rent-exempt minimum for an account of `size` bytes at the default rent (3,480 lamports/byte-year x 2)."""
-    return (128 + size) * 3480 * 2
-
-
 
 class Minter:
     def __init__(self, pool: asyncpg.Pool, backend: ChainBackend, settings: CloudSettings,
@@ -79,26 +53,18 @@ class Minter:
         self.max_wallets = max_wallets_per_tx(self.identity, store.memo_for(10**15))
         self._last_refusal: dict[int, str] = {}  # batch id -> why the node last refused it (for the error)
         self.watcher = watcher
-        # Wallets in a transaction -> compute units it consumed when measured (every token account created,
-        # every derivation at bump 255); the limit adds each real wallet's extra bump iterations and the margin.
-        self.unit_base: dict[int, int] = {}
-        self.unit_price = 0  # micro-lamports per unit for the next signature
+        self.budget = Budget(backend, settings, self.max_wallets)  # compute budget, priority fee, fee payer
         self._sent_at: dict[str, float] = {}  # signature -> when this process last broadcast it
         self._signed_here: set[str] = set()  # signatures this process signed and has not broadcast yet
         self._clean: dict[str, int] = {}  # signature -> watcher generation in which nothing can be missed
-        self._fee_payer_ok = True
-        self._fee_payer_checked = -math.inf
-        self.fee_payer_checks = 0
-        self._capped_warned = False
         self.confirmed_batches = 0
 
     # -- planning ---------------------------------------------------------------------------
     async def plan(self, *, reading_ids: Sequence[int] | None = None, meter_id: str | None = None,
                    manual: bool = False, limit: int | None = None) -> list[int]:
-        if not await self.check_fee_payer():
+        if not await self.budget.check_fee_payer():
             return []
-        await self._measure_units()
-        self.unit_price = await self.priority_price()
+        await self.budget.prepare()
         recent = await self.backend.latest_blockhash()
         tok = self.settings.tokenization
         completed: list[float] = []
@@ -111,120 +77,18 @@ class Minter:
         metrics.MINTED_READINGS.inc(len(completed))
         for value in completed:
             metrics.LATENCY.observe(max(value, 0.0))
-        await self._record_fees(ids)
+        await self.budget.record_fees(self.pool, ids)
         return ids
 
     def _sign(self, batch_id: int, transfers: list[tuple[str, int]], recent: RecentBlockhash) -> store.SignedTx:
         entries = [(Pubkey.from_string(w), a) for w, a in transfers]
-        budget = ComputeBudget(self.unit_limit(entries), self.unit_price)
-        tx = build_mint_tx(self.identity, entries, store.memo_for(batch_id), recent.blockhash, budget)
+        tx = build_mint_tx(self.identity, entries, store.memo_for(batch_id), recent.blockhash,
+                           self.budget.for_entries(entries))
         signature = str(tx.signatures[0])
         self._signed_here.add(signature)
-        metrics.PRIORITY_PRICE.set(self.unit_price)
         return store.SignedTx(signature, bytes(tx), str(recent.blockhash), recent.last_valid_block_height)
 
     # -- compute budget and fees ------------------------------------------------------------
-    def unit_limit(self, entries: Sequence[tuple[Pubkey, int]]) -> int:
-        """Measured units of this shape + UNITS_PER_BUMP_ITERATION per extra bump of its wallets, x margin."""
-        base = self.unit_base.get(len(entries))
-        if base is None:
-            return MAX_COMPUTE_UNITS
-        extra = sum(ata_bump_iterations(self.identity, w) for w, _ in entries) * UNITS_PER_BUMP_ITERATION
-        return min(MAX_COMPUTE_UNITS, math.ceil((base + extra) * self.settings.chain.compute_unit_margin))
-
-    def _probe_wallet(self) -> Pubkey:
-        """A fresh wallet whose token account derives at bump 255 (the cheapest case; others cost more)."""
-        while True:
-            wallet = Keypair().pubkey()
-            if ata_bump_iterations(self.identity, wallet) == 0:
-                return wallet
-
-    async def _measure_units(self) -> None:
-        """Simulate each transaction shape once (1..max_wallets new wallets, so each token account is
-        created: the dearest case) and keep the units it consumed."""
-        if len(self.unit_base) < self.max_wallets:
-            recent = await self.backend.latest_blockhash()
-            memo = store.memo_for(10**15)
-            for n in range(1, self.max_wallets + 1):
-                if n in self.unit_base:
-                    continue
-                probe = build_mint_tx(self.identity, [(self._probe_wallet(), 1) for _ in range(n)], memo,
-                                      recent.blockhash, ComputeBudget(MAX_COMPUTE_UNITS, 0))
-                try:
-                    units = await self.backend.simulate_units(bytes(probe))
-                except SendRefused as exc:
-                    # The mint itself refuses (wrong authority, ...): batches will land with that error and
-                    # go to the retry queue; they carry the runtime's ceiling until a measurement succeeds.
-                    log.warning("cannot measure compute units (%s); using %d until it can be", exc,
-                                MAX_COMPUTE_UNITS)
-                    return
-                self.unit_base[n] = units
-            log.info("compute units measured per wallets in a transaction (limit: + %d per extra bump, x %.2f): %s",
-                     UNITS_PER_BUMP_ITERATION, self.settings.chain.compute_unit_margin, self.unit_base)
-
-    async def priority_price(self) -> int:
-        cap = self.settings.chain.priority_fee_max_micro_lamports
-        wanted = await wanted_price(self.backend, self.settings.chain, [self.identity.mint])
-        if wanted > cap:
-            if not self._capped_warned:
-                log.warning("priority fee %d µlamports/unit wanted, capped at %d "
-                            "(GRIDTOKENX_PRIORITY_FEE_MAX_MICROLAMPORTS); batches may not land", wanted, cap)
-                self._capped_warned = True
-            return cap
-        self._capped_warned = False
-        return wanted
-
-    def worst_batch_lamports(self) -> int:
-        """A full batch whose every wallet needs its token account created: fee + priority fee + rent."""
-        base = self.unit_base.get(self.max_wallets)
-        # A typical full batch: each wallet's derivation a few bumps past 255 (half need none, a quarter one, ...).
-        limit = (MAX_COMPUTE_UNITS if base is None else math.ceil(
-            (base + 2 * self.max_wallets * UNITS_PER_BUMP_ITERATION) * self.settings.chain.compute_unit_margin))
-        return (ComputeBudget(limit, self.unit_price).fee()
-                + self.max_wallets * rent_exempt_lamports(TOKEN_ACCOUNT_SIZE))
-
-    async def check_fee_payer(self, *, force: bool = False) -> bool:
-        """Read the authority's SOL (at most once per polling interval); False when it cannot pay one
-        worst-case batch. The refusal is logged once, and once more when it is funded again."""
-        now = time.monotonic()
-        every = min(self.settings.tokenization.polling_interval_secs, 30.0)
-        if not force and now - self._fee_payer_checked < every:
-            return self._fee_payer_ok
-        self._fee_payer_checked = now
-        self.fee_payer_checks += 1
-        lamports = await self.backend.lamports(self.identity.authority.pubkey())
-        per_batch = self.worst_batch_lamports()
-        left = lamports // per_batch
-        metrics.FEE_PAYER_LAMPORTS.set(lamports)
-        metrics.FEE_PAYER_BATCHES_LEFT.set(left)
-        metrics.ALERT.labels(name="fee_payer_low").set(
-            1 if left < self.settings.chain.fee_payer_min_batches else 0)
-        ok = left >= 1
-        if ok != self._fee_payer_ok:
-            if ok:
-                log.warning("fee payer %s funded again (%d lamports, %d batches); minting resumes",
-                            self.authority, lamports, left)
-            else:
-                log.error("fee payer %s has %d lamports, a batch may need %d: the minter will not send until "
-                          "it is funded (transfer SOL to it)", self.authority, lamports, per_batch)
-        self._fee_payer_ok = ok
-        return ok
-
-    async def _record_fees(self, batch_ids: Sequence[int]) -> None:
-        """Write each batch's compute budget and fee, read back from the signed bytes it will send."""
-        if not batch_ids:
-            return
-        rows = await self.pool.fetch("SELECT id, tx_bytes FROM mint_batches WHERE id = ANY($1) "
-                                     "AND tx_bytes IS NOT NULL", list(batch_ids))
-        updates = []
-        for r in rows:
-            budget = budget_of(VersionedTransaction.from_bytes(r["tx_bytes"]))
-            if budget is not None:
-                updates.append((r["id"], budget.unit_limit, budget.unit_price, budget.fee()))
-        if updates:
-            await self.pool.executemany("UPDATE mint_batches SET compute_unit_limit = $2, compute_unit_price = $3,"
-                                        " fee_lamports = $4 WHERE id = $1", updates)
-
     # -- driving ----------------------------------------------------------------------------
     @property
     def subscribing(self) -> bool:
@@ -244,7 +108,7 @@ class Minter:
         for b in batches:
             assert b.tx_bytes is not None and b.signature is not None
             last = self._sent_at.get(b.signature)
-            if not self._fee_payer_ok or (last is not None and now - last < self.settings.chain.rebroadcast_secs):
+            if not self.budget.fee_payer_ok or (last is not None and now - last < self.settings.chain.rebroadcast_secs):
                 continue
             if b.signature in self._signed_here and watcher is not None and watcher.subscribed(b.signature):
                 self._clean[b.signature] = watcher.generation  # subscribed before its first broadcast
@@ -285,7 +149,7 @@ class Minter:
                 else:
                     await self._release(b, "failed", f"landed with error {st.err}; nothing was minted")
             elif b.signature in polled and height > b.last_valid_block_height:
-                if not self._fee_payer_ok:
+                if not self.budget.fee_payer_ok:
                     still_open += 1  # re-signed once it can be paid for
                 elif b.sign_attempts <= self.settings.tokenization.resign_attempts:
                     await self._resign(b)
@@ -326,7 +190,7 @@ class Minter:
             budget = budget_of(VersionedTransaction.from_bytes(b.tx_bytes))
             if budget is not None:
                 metrics.FEES_PAID.inc(budget.fee())
-                await self._record_fees([b.id])
+                await self.budget.record_fees(self.pool, [b.id])
         calls = getattr(self.backend, "total_calls", None)
         if isinstance(calls, int):
             metrics.RPC_CALLS_PER_BATCH.set(calls / self.confirmed_batches)
@@ -353,11 +217,11 @@ class Minter:
     async def _resign(self, b: store.OpenBatch) -> None:
         assert b.signature is not None
         self._forget(b.signature)
-        self.unit_price = await self.priority_price()
+        await self.budget.refresh_price()
         recent = await self.backend.latest_blockhash()
         new = self._sign(b.id, b.transfers, recent)
         if await store.resign(self.pool, b.id, b.signature, new):
-            await self._record_fees([b.id])
+            await self.budget.record_fees(self.pool, [b.id])
             metrics.BATCHES.labels(outcome="resigned").inc()
             log.info("batch %d re-signed after blockhash expiry (attempt %d): %s", b.id, b.sign_attempts + 1,
                      new.signature)
@@ -402,6 +266,8 @@ class Minter:
                     next_poll = time.monotonic() + tok.polling_interval_secs
                     await self.refresh_metrics()
                 await self.serve_requests()
+                if self.watcher is not None:
+                    self.watcher.wake.clear()  # what arrives from here on wakes the next pass at once
                 open_count = await self.drive()
                 failures.reset()
                 if open_count:
@@ -422,7 +288,6 @@ class Minter:
         """Until `stop`, a WebSocket event (notification, socket lost or back) or `delay` seconds."""
         waits = [asyncio.ensure_future(stop.wait())]
         if self.watcher is not None:
-            self.watcher.wake.clear()
             waits.append(asyncio.ensure_future(self.watcher.wake.wait()))
         try:
             await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
@@ -455,7 +320,7 @@ async def run_minter(settings: CloudSettings, stop: asyncio.Event) -> None:
         pool = await create_pool(settings.database_url)
         watcher = None
         if settings.chain.backend == "rpc" and settings.chain.confirm_mode == "subscribe":
-            watcher = SignatureWatcher(settings.chain.ws_url)
+            watcher = SignatureWatcher(websocket_url(settings.chain))
             watcher.start()
         try:
             minter = Minter(pool, backend, settings, watcher)

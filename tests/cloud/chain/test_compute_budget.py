@@ -49,13 +49,13 @@ def test_limit_covers_wallets_that_derive_at_low_bumps_and_is_tight(database_url
         pool = await create_pool(database_url)
         try:
             minter = Minter(pool, backend, settings)
-            await minter._measure_units()
-            assert sorted(minter.unit_base) == list(range(1, minter.max_wallets + 1))
+            await minter.budget.measure_units()
+            assert sorted(minter.budget.unit_base) == list(range(1, minter.max_wallets + 1))
             identity = backend.identity
             # Dear wallets (>= 5 extra bumps each, ~3 % of all wallets) in every shape: each lands.
             for n in (1, 4, minter.max_wallets):
                 entries = [(w, 10**9) for w in _wallets(identity, 5, n)]
-                limit = minter.unit_limit(entries)
+                limit = minter.budget.unit_limit(entries)
                 recent = await backend.latest_blockhash()
                 tx = build_mint_tx(identity, entries, store.memo_for(10**15), recent.blockhash,
                                    ComputeBudget(limit, 1))
@@ -68,7 +68,7 @@ def test_limit_covers_wallets_that_derive_at_low_bumps_and_is_tight(database_url
             # The same shape with cheap wallets gets a lower limit: the fee follows the real cost.
             cheap = [(w, 1) for w in _wallets(identity, 0, 4, exact=True)]
             dear = [(w, 1) for w in _wallets(identity, 5, 4, exact=True)]
-            assert minter.unit_limit(dear) - minter.unit_limit(cheap) >= 4 * 5 * UNITS_PER_BUMP_ITERATION
+            assert minter.budget.unit_limit(dear) - minter.budget.unit_limit(cheap) >= 4 * 5 * UNITS_PER_BUMP_ITERATION
         finally:
             await pool.close()
             await backend.close()

@@ -119,7 +119,7 @@ def test_congestion_drops_unpaid_mints_and_dynamic_fees_land_every_reading(
             await async_wait_for(lambda: _unminted_is_zero(database_url), timeout=90, interval=0.2,
                                  message="every reading minted with dynamic fees")
             await _assert_exactly_once(database_url, minter.backend, fleet)
-            assert minter.unit_price == floor
+            assert minter.budget.unit_price == floor
         conn = await asyncpg.connect(database_url)
         try:
             rows = await conn.fetch("SELECT compute_unit_limit, compute_unit_price, fee_lamports, cardinality(wallets)"

@@ -35,6 +35,8 @@ FAULTS = ("--drop-sends", "0.3", "--timeout-after-land", "0.1", "--status-delay"
 def _env(database_url: str, rpc_url: str, state: Path) -> dict[str, str]:
     return os.environ | {
         "DATABASE_URL": database_url, "GRIDTOKENX_CHAIN_BACKEND": "rpc", "SOLANA_RPC_URL": rpc_url,
+        # Confirmation by subscription (localnet serves the WebSocket on its port too), rebroadcast often.
+        "SOLANA_WS_URL": rpc_url.replace("http://", "ws://"), "GRIDTOKENX_REBROADCAST_SECS": "0.25",
         "GRIDTOKENX_CHAIN_STATE_DIR": str(state), "TOKENIZATION_POLLING_INTERVAL_SECS": "0.2",
         "TOKENIZATION_BATCH_SIZE": "40", "TOKENIZATION_MAX_BATCHES_PER_POLL": "3",
         "TOKENIZATION_INITIAL_RETRY_DELAY_MINUTES": "0.005", "TOKENIZATION_MAX_RETRY_DELAY_MINUTES": "0.02",

@@ -66,7 +66,7 @@ def test_unfunded_fee_payer_refuses_once_then_resumes(database_url: str, tmp_pat
 
 
 async def _planned_passes(minter: Minter, n: int) -> bool:
-    return minter.fee_payer_checks >= n
+    return minter.budget.fee_payer_checks >= n
 
 
 async def _all_minted(dsn: str) -> bool:
