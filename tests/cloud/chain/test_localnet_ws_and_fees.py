@@ -18,52 +18,50 @@ from cloud.settings import ChainSettings, CloudSettings, websocket_url
 from tests.cloud.chain.conftest import LocalnetFactory
 
 
-def test_solana_py_websocket_and_fee_methods(localnet_factory: LocalnetFactory, tmp_path: Path) -> None:
+async def test_solana_py_websocket_and_fee_methods(localnet_factory: LocalnetFactory, tmp_path: Path) -> None:
     url = localnet_factory("--slot-ms", "100")
     settings = CloudSettings(chain=ChainSettings(backend="rpc", rpc_url=url, state_dir=tmp_path / "chain"))
 
-    async def scenario() -> None:
-        backend = await open_backend(settings)
-        client = AsyncClient(url)
-        try:
-            identity = backend.identity
-            authority = identity.authority.pubkey()
-            budget = ComputeBudget(60_000, 7_777)
-            recent = await backend.latest_blockhash()
-            tx = build_mint_tx(identity, [(Keypair().pubkey(), 5)], "gridtokenx:mint-batch:1", recent.blockhash,
-                               budget)
-            fee = (await client.get_fee_for_message(tx.message)).value
-            assert fee == budget.fee() == 5000 + 467  # ceil(60,000 x 7,777 / 1e6)
-            units = (await client.simulate_transaction(tx)).value.units_consumed
-            assert units is not None and 0 < units < budget.unit_limit
+    backend = await open_backend(settings)
+    client = AsyncClient(url)
+    try:
+        identity = backend.identity
+        authority = identity.authority.pubkey()
+        budget = ComputeBudget(60_000, 7_777)
+        recent = await backend.latest_blockhash()
+        tx = build_mint_tx(identity, [(Keypair().pubkey(), 5)], "gridtokenx:mint-batch:1", recent.blockhash,
+                           budget)
+        fee = (await client.get_fee_for_message(tx.message)).value
+        assert fee == budget.fee() == 5000 + 467  # ceil(60,000 x 7,777 / 1e6)
+        units = (await client.simulate_transaction(tx)).value.units_consumed
+        assert units is not None and 0 < units < budget.unit_limit
 
-            async with SolanaWsClient(url.replace("http://", "ws://")) as ws:
-                await ws.slot_subscribe()
-                slot_note = await asyncio.wait_for(ws.recv(), 10)
-                assert isinstance(slot_note, SlotNotification) and slot_note.result.slot > 0
-                await ws.logs_subscribe(filter_=RpcTransactionLogsFilterMentions(authority))
-                await ws.signature_subscribe(signature=tx.signatures[0], commitment=Confirmed)
-                await backend.send(bytes(tx))
-                got: dict[type, object] = {}
-                while LogsNotification not in got or SignatureNotification not in got:
-                    note = await asyncio.wait_for(ws.recv(), 10)
-                    got[type(note)] = note
-                logs = got[LogsNotification]
-                assert isinstance(logs, LogsNotification)
-                assert logs.result.value.signature == tx.signatures[0] and logs.result.value.err is None
-                assert any("CreateIdempotent" in line for line in logs.result.value.logs)
-                sig = got[SignatureNotification]
-                assert isinstance(sig, SignatureNotification) and sig.result.value.err is None
+        async with SolanaWsClient(url.replace("http://", "ws://")) as ws:
+            await ws.slot_subscribe()
+            slot_note = await asyncio.wait_for(ws.recv(), 10)
+            assert isinstance(slot_note, SlotNotification) and slot_note.result.slot > 0
+            await ws.logs_subscribe(filter_=RpcTransactionLogsFilterMentions(authority))
+            await ws.signature_subscribe(signature=tx.signatures[0], commitment=Confirmed)
+            await backend.send(bytes(tx))
+            got: dict[type, object] = {}
+            while LogsNotification not in got or SignatureNotification not in got:
+                note = await asyncio.wait_for(ws.recv(), 10)
+                got[type(note)] = note
+            logs = got[LogsNotification]
+            assert isinstance(logs, LogsNotification)
+            assert logs.result.value.signature == tx.signatures[0] and logs.result.value.err is None
+            assert any("CreateIdempotent" in line for line in logs.result.value.logs)
+            sig = got[SignatureNotification]
+            assert isinstance(sig, SignatureNotification) and sig.result.value.err is None
 
-            # The price it paid is what getRecentPrioritizationFees reports for the mint's slot.
-            fees = (await client.get_recent_prioritization_fees([identity.mint])).value
-            assert max(f.prioritization_fee for f in fees) == budget.unit_price
-            assert set(await backend.recent_priority_fees([Keypair().pubkey()])) == {0}  # untouched account
-        finally:
-            await client.close()
-            await backend.close()
+        # The price it paid is what getRecentPrioritizationFees reports for the mint's slot.
+        fees = (await client.get_recent_prioritization_fees([identity.mint])).value
+        assert max(f.prioritization_fee for f in fees) == budget.unit_price
+        assert set(await backend.recent_priority_fees([Keypair().pubkey()])) == {0}  # untouched account
+    finally:
+        await client.close()
+        await backend.close()
 
-    asyncio.run(scenario())
 
 
 def test_websocket_url_defaults_to_the_rpc_urls_twin() -> None:
@@ -72,7 +70,7 @@ def test_websocket_url_defaults_to_the_rpc_urls_twin() -> None:
     assert websocket_url(ChainSettings(rpc_url="http://localnet:8899", ws_url="ws://elsewhere:1")) == "ws://elsewhere:1"
 
 
-def test_localnet_serves_the_websocket_on_port_plus_one(localnet_factory: LocalnetFactory) -> None:
+async def test_localnet_serves_the_websocket_on_port_plus_one(localnet_factory: LocalnetFactory) -> None:
     """The validator's convention, so SOLANA_WS_URL can be left to its default."""
     from gridtokenx.harness.brokers import free_port
 
@@ -80,8 +78,6 @@ def test_localnet_serves_the_websocket_on_port_plus_one(localnet_factory: Localn
     url = localnet_factory("--port", str(port))  # the last --port wins over the fixture's --port 0
     assert url.endswith(f":{port}")
 
-    async def scenario() -> None:
-        async with SolanaWsClient(websocket_url(ChainSettings(rpc_url=url))) as ws:
-            assert (await ws.slot_subscribe()).subscription_id > 0
+    async with SolanaWsClient(websocket_url(ChainSettings(rpc_url=url))) as ws:
+        assert (await ws.slot_subscribe()).subscription_id > 0
 
-    asyncio.run(scenario())

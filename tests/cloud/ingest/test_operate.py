@@ -111,10 +111,10 @@ def test_a_key_stored_by_another_consumer_meanwhile_is_duplicate_or_equivocation
     assert asyncio.run(query(migrated_db, "SELECT count(*) AS n FROM meter_readings"))[0]["n"] == 2
 
 
-def test_postgres_connections_killed_mid_stream_lose_nothing(
+async def test_postgres_connections_killed_mid_stream_lose_nothing(
         consumers: ConsumerFactory, migrated_db: str, cloud: Mosquitto, gateway_password: str) -> None:
     meters = [Meter.make(f"pg-{i}") for i in range(20)]
-    asyncio.run(register(migrated_db, meters))
+    await register(migrated_db, meters)
     consumer = consumers()
     gw = Gateway("127.0.0.1", cloud.port, GATEWAY, gateway_password)
     batches = fleet_batches(gw, meters, readings_each=30, batch_size=20, prefix="pg")  # 600 readings, 30 batches
@@ -126,16 +126,14 @@ def test_postgres_connections_killed_mid_stream_lose_nothing(
                            " WHERE datname = $1 AND application_name = '' AND pid <> pg_backend_pid()", database)
         return len(rows)
 
-    async def scenario() -> None:
-        delivery = asyncio.create_task(gw.deliver(batches, resend_after=5, timeout=50))
-        killed = 0
-        while not delivery.done() and killed < 4:
-            killed += await kill_backends() > 0
-            await asyncio.sleep(0.15)  # pacing the fault injection, not waiting for a condition
-        await delivery
-    asyncio.run(scenario())
+    delivery = asyncio.create_task(gw.deliver(batches, resend_after=5, timeout=50))
+    killed = 0
+    while not delivery.done() and killed < 4:
+        killed += await kill_backends() > 0
+        await asyncio.sleep(0.15)  # pacing the fault injection, not waiting for a condition
+    await delivery
 
-    keys = asyncio.run(query(migrated_db, "SELECT meter_id, seq FROM meter_readings"))
+    keys = await query(migrated_db, "SELECT meter_id, seq FROM meter_readings")
     assert len(keys) == len({(r["meter_id"], r["seq"]) for r in keys}) == 600
     assert {r.status for a in gw.acks.values() for r in a.results} <= {"accepted", "duplicate"}
     assert consumer.terminate() == 0

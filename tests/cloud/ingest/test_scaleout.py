@@ -57,31 +57,29 @@ def test_two_consumers_split_the_load_and_killing_one_loses_nothing(
     assert b.terminate() == 0
 
 
-def test_kill_between_commit_and_ack_resend_is_duplicate(
+async def test_kill_between_commit_and_ack_resend_is_duplicate(
         consumers: ConsumerFactory, migrated_db: str, cloud: Mosquitto, gateway_password: str) -> None:
     meters = [Meter.make(f"c-{i}") for i in range(10)]
-    asyncio.run(register(migrated_db, meters))
+    await register(migrated_db, meters)
     gw = Gateway("127.0.0.1", cloud.port, GATEWAY, gateway_password)
     batches = fleet_batches(gw, meters, readings_each=5, batch_size=25, prefix="crash")  # 50 readings, 2 batches
     crashing = consumers("cloud-consumer-1", crash_after_commit=1)
 
-    async def scenario() -> None:
-        delivery = asyncio.create_task(gw.deliver(batches, resend_after=1.5, timeout=45))
+    delivery = asyncio.create_task(gw.deliver(batches, resend_after=1.5, timeout=45))
 
-        async def exited() -> bool:
-            return crashing.proc.poll() is not None
-        await async_wait_for(exited, timeout=20, message="consumer crash after its first commit")
-        assert crashing.proc.returncode == 137
-        committed = await stored_keys(migrated_db)
-        assert len(committed) == 25, "the first batch was committed before the crash"
-        assert not gw.acks, "no ack may be sent for a batch whose commit the consumer did not survive"
-        # Restart with the same client id (its persistent session), like a supervisor would.
-        await asyncio.to_thread(consumers, "cloud-consumer-1")
-        await delivery
-    asyncio.run(scenario())
+    async def exited() -> bool:
+        return crashing.proc.poll() is not None
+    await async_wait_for(exited, timeout=20, message="consumer crash after its first commit")
+    assert crashing.proc.returncode == 137
+    committed = await stored_keys(migrated_db)
+    assert len(committed) == 25, "the first batch was committed before the crash"
+    assert not gw.acks, "no ack may be sent for a batch whose commit the consumer did not survive"
+    # Restart with the same client id (its persistent session), like a supervisor would.
+    await asyncio.to_thread(consumers, "cloud-consumer-1")
+    await delivery
     crashing.close()
 
     statuses = {ack.batch_id: {r.status for r in ack.results} for ack in gw.acks.values()}
     assert statuses == {"crash-0000": {"duplicate"}, "crash-0001": {"accepted"}}
-    keys = asyncio.run(stored_keys(migrated_db))
+    keys = await stored_keys(migrated_db)
     assert len(keys) == len(set(keys)) == 50
