@@ -27,9 +27,9 @@ async def _roundtrip(broker: Mosquitto) -> list[bytes]:
     return got
 
 
-def test_shared_subscription_with_acl(broker_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_shared_subscription_with_acl(broker_factory) -> None:  # type: ignore[no-untyped-def]
     broker = broker_factory("cloud", {"gw1": "pw1"})
-    assert asyncio.run(_roundtrip(broker)) == [b"hello", b"again"]
+    assert (await _roundtrip(broker)) == [b"hello", b"again"]
 
 
 def test_anonymous_refused(cloud_broker: Mosquitto) -> None:

@@ -139,20 +139,20 @@ async def test_postgres_connections_killed_mid_stream_lose_nothing(
     assert consumer.terminate() == 0
 
 
-def test_consumer_over_tls_with_the_configured_ca(
+async def test_consumer_over_tls_with_the_configured_ca(
         broker_factory: BrokerFactory, migrated_db: str, gateway_password: str, tmp_path: Path) -> None:
     certs = generate_dev_certs(tmp_path / "certs")
     broker = broker_factory("cloud", users={GATEWAY: gateway_password}, tls_port=free_port(), certs_dir=certs)
     assert broker.tls_port is not None
     meter = Meter.make("tls-1")
-    asyncio.run(register(migrated_db, [meter]))
+    await register(migrated_db, [meter])
     url = f"mqtts://cloud-consumer:{broker.users['cloud-consumer']}@127.0.0.1:{broker.tls_port}"
     consumer = ConsumerProcess(dsn=migrated_db, broker_url=url, client_id="cloud-consumer-tls", log_dir=tmp_path,
                                env={"GRIDTOKENX_CLOUD_BROKER_CA": str(certs / "ca.crt")})
     try:
         consumer.wait_ready()
         gw = Gateway("127.0.0.1", broker.port, GATEWAY, gateway_password)
-        acks = asyncio.run(gw.deliver([gw.batch("tls", [meter.item(1, 10, 10)])]))
+        acks = (await gw.deliver([gw.batch("tls", [meter.item(1, 10, 10)])]))
         assert acks["tls"].results[0].status == "accepted"
         assert consumer.terminate() == 0
     finally:

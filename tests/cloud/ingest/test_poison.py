@@ -69,21 +69,21 @@ async def _store_with_fault(dsn: str, action: str, times: int) -> tuple[list[Ack
 
 
 @pytest.mark.parametrize("action", TRANSIENT)
-def test_transient_fault_is_retried_until_the_batch_commits_whole(migrated_db: str, action: str) -> None:
-    results, stored = asyncio.run(_store_with_fault(migrated_db, action, times=2))
+async def test_transient_fault_is_retried_until_the_batch_commits_whole(migrated_db: str, action: str) -> None:
+    results, stored = (await _store_with_fault(migrated_db, action, times=2))
     assert [r.status for r in results] == ["accepted"] * 4
     assert stored == 4
-    assert asyncio.run(query(migrated_db, "SELECT count(*) AS n FROM ingest_dead_letters"))[0]["n"] == 0
+    assert (await query(migrated_db, "SELECT count(*) AS n FROM ingest_dead_letters"))[0]["n"] == 0
 
 
 @pytest.mark.parametrize("sqlstate", POISON)
-def test_poison_is_split_out_and_the_rest_commits(migrated_db: str, sqlstate: str) -> None:
-    results, stored = asyncio.run(_store_with_fault(migrated_db, sqlstate, times=1_000_000))
+async def test_poison_is_split_out_and_the_rest_commits(migrated_db: str, sqlstate: str) -> None:
+    results, stored = (await _store_with_fault(migrated_db, sqlstate, times=1_000_000))
     assert [(r.meter_id, r.status, r.reason) for r in results] == [
         ("honest-1", "accepted", None), ("poison-1", "rejected", Reason.UNSTORABLE),
         ("honest-2", "accepted", None), ("honest-1", "accepted", None)]
     assert stored == 3
-    rows = asyncio.run(query(migrated_db, "SELECT kind, reason, detail, batch_id FROM ingest_dead_letters"))
+    rows = (await query(migrated_db, "SELECT kind, reason, detail, batch_id FROM ingest_dead_letters"))
     assert [(r["kind"], r["reason"], r["batch_id"]) for r in rows] == [("item", "unstorable", "b-1")]
     assert "planted fault" in rows[0]["detail"]
 
