@@ -162,7 +162,7 @@ def _duplicate_key(body: bytes) -> str | None:
         seen: set[bytes] = set()
         for key in keys:
             if key in seen:
-                return key.decode("utf-8", "replace")
+                return bytes(key).decode("utf-8", "replace")
             seen.add(key)
     found: list[str] = []
 
