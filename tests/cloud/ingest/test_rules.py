@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 
 import base58
 from hypothesis import given
@@ -160,8 +161,8 @@ def test_accepted_intervals_are_disjoint_whatever_the_arrival_order(spans: list[
     """Insert random intervals (seq = arrival index, in random seq order) checking only the two seq
     neighbours: the accepted set is always pairwise disjoint."""
     accepted: dict[int, RegisterPoint] = {}
-    for seq, (start_slot, length) in enumerate(spans):
-        seq = (seq * 7919) % 101  # arrival order is not seq order
+    for arrival, (start_slot, length) in enumerate(spans):
+        seq = (arrival * 7919) % 101  # arrival order is not seq order
         if seq in accepted:
             continue
         start = NOW - 100_000 + start_slot * 300
@@ -174,4 +175,4 @@ def test_accepted_intervals_are_disjoint_whatever_the_arrival_order(spans: list[
         if check_reading(r, capacity_w=10_000, limits=limits, now=NOW, prev=prev, next_=nxt) is None:
             accepted[seq] = RegisterPoint(seq, 0, None, r.start, r.end)
     spans_ok = sorted((p.start or 0, p.end or 0) for p in accepted.values())
-    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans_ok, spans_ok[1:], strict=False))
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in itertools.pairwise(spans_ok))

@@ -54,7 +54,8 @@ def test_overlapping_intervals_never_over_mint(consumers: ConsumerFactory, migra
     stored = asyncio.run(query(migrated_db, "SELECT meter_id, sum(export_wh) AS wh FROM meter_readings"
                                             " GROUP BY meter_id ORDER BY meter_id"))
     assert {r["meter_id"]: r["wh"] for r in stored} == {"over": wh, "bystander": 10}
-    meters = {r["meter_id"]: r["status"] for r in asyncio.run(query(migrated_db, "SELECT meter_id, status FROM meters"))}
+    rows = asyncio.run(query(migrated_db, "SELECT meter_id, status FROM meters"))
+    meters = {r["meter_id"]: r["status"] for r in rows}
     assert meters == {"over": "quarantined", "long": "active", "bystander": "quarantined"}
     evidence = asyncio.run(query(migrated_db, "SELECT meter_id, seq, detail FROM rejected_readings"
                                               " WHERE reason = 'overlapping_interval' ORDER BY meter_id"))
