@@ -189,7 +189,7 @@ class IngestConsumer:
         return Prepared(batch, parsed, verified)
 
     async def _refresh_registry(self, conn: asyncpg.Connection, meter_ids: set[str]) -> None:
-        await self.registry.refresh_if_due(conn)
+        await self.registry.sync(conn)  # registry_version moved → refresh now (no cache window)
         await self.registry.ensure(conn, meter_ids)
 
     async def commit(self, client: aiomqtt.Client, prepared: Prepared) -> None:

@@ -82,11 +82,12 @@ def test_consistent_series_always_pass_and_any_tamper_is_caught(deltas: list[int
     assert check_register(r, points[0], None) is not None
 
 
-def _meter(seed: bytes, *, status: str = "active", old: tuple[bytes, int] | None = None) -> tuple[MeterRecord, bytes]:
+def _meter(seed: bytes, *, status: str = "active", old: tuple[bytes, int] | None = None,
+           below_seq: int = 2) -> tuple[MeterRecord, bytes]:
     public, secret = secret_key_from_seed(hashlib.sha256(seed).digest())
     keys = [KeyRecord(public, None)]
     if old:
-        keys.append(KeyRecord(old[0], old[1]))
+        keys.append(KeyRecord(old[0], old[1], below_seq))
     return MeterRecord("m1", base58.b58encode(b"w" * 32).decode(), "solar", 10_000, status, tuple(keys)), secret
 
 
@@ -95,10 +96,10 @@ def test_classify_duplicates_claims_and_rotated_keys() -> None:
     record, secret = _meter(b"new", old=(old_public, NOW - 1_000))
     r1, r2, r3 = reading(1, 100, 1_000, end=NOW - 2_000), reading(2, 100, 1_100), reading(3, 100, 1_200)
     items = [
-        BatchItem("m1", 1, sign_reading(r1, old_secret)),  # old key, interval ended before the rotation
+        BatchItem("m1", 1, sign_reading(r1, old_secret)),  # old key, seq below its watermark (2)
         BatchItem("m1", 2, sign_reading(r2, secret)),
         BatchItem("m1", 2, sign_reading(r2, secret)),      # identical duplicate in the batch
-        BatchItem("m1", 3, sign_reading(r3, old_secret)),  # old key after the rotation
+        BatchItem("m1", 3, sign_reading(r3, old_secret)),  # old key at/above its watermark
         BatchItem("m1", 9, sign_reading(r3, secret)),      # claim ≠ payload
     ]
     batch = Batch(gateway_id="gw", batch_id="b", sent_at=NOW, items=items)
@@ -176,3 +177,24 @@ def test_accepted_intervals_are_disjoint_whatever_the_arrival_order(spans: list[
             accepted[seq] = RegisterPoint(seq, 0, None, r.start, r.end)
     spans_ok = sorted((p.start or 0, p.end or 0) for p in accepted.values())
     assert all(a_end <= b_start for (_, a_end), (b_start, _) in itertools.pairwise(spans_ok))
+
+
+def test_retired_keys_verify_only_below_their_watermark_and_compromised_keys_never() -> None:
+    old_public, old_secret = secret_key_from_seed(hashlib.sha256(b"old").digest())
+    new_public, _ = secret_key_from_seed(hashlib.sha256(b"new").digest())
+    back_dated = reading(5, 100, 1_000, end=NOW - 86_400)  # timestamps never matter
+    message = sign_reading(back_dated, old_secret)
+    signed = parse_items(Batch(gateway_id="gw", batch_id="b", sent_at=NOW,
+                               items=[BatchItem("m1", 5, message)]))[0].signed
+    assert signed is not None
+
+    def record(old: KeyRecord) -> MeterRecord:
+        return MeterRecord("m1", "w", "solar", 10_000, "active", (KeyRecord(new_public, None), old))
+
+    def ok(old: KeyRecord) -> bool:
+        return record(old).verifies(signed.reading, signed.message, signed.signature)
+
+    assert ok(KeyRecord(old_public, NOW, below_seq=6))
+    assert not ok(KeyRecord(old_public, NOW, below_seq=5))  # exclusive
+    assert not ok(KeyRecord(old_public, NOW, below_seq=None))
+    assert not ok(KeyRecord(old_public, NOW, below_seq=10**9, compromised=True))
