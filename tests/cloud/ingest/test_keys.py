@@ -12,7 +12,6 @@ from click.testing import CliRunner
 from gridtokenx.cli import root
 from gridtokenx.harness.brokers import Mosquitto
 from protocol.envelopes import BatchItem
-from protocol.reading import Reading
 from tests.cloud.ingest.conftest import GATEWAY, ConsumerFactory
 from tests.cloud.ingest.support import INTERVAL, Gateway, Meter, query, register
 
