@@ -12,7 +12,7 @@ import asyncpg
 
 from cloud.chain.embedded import ChainBusy
 from cloud.chain.factory import open_backend
-from cloud.minter import store
+from cloud.minter import economics, store
 from cloud.minter.reconcile import ReconcileReport, reconcile
 from cloud.minter.status import (
     BACKLOG_ALERT,
@@ -65,6 +65,8 @@ async def manual_mint(settings: CloudSettings, *, reading_ids: Sequence[int] | N
             from cloud.minter.service import MANUAL_LIMIT, Minter
 
             try:
+                economics.check_config(settings.tokenization)
+                await economics.ensure_recorded(pool, backend.identity, settings.tokenization)
                 minter = Minter(pool, backend, settings)
                 ids = await minter.plan(reading_ids=reading_ids, meter_id=meter_id, manual=True,
                                         limit=MANUAL_LIMIT)

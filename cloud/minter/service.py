@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -26,7 +27,7 @@ from solders.pubkey import Pubkey
 
 from cloud.chain.base import ChainBackend, ChainError, ChainUnavailable, MintIdentity, RecentBlockhash
 from cloud.chain.tx import build_mint_tx, max_wallets_per_tx
-from cloud.minter import metrics, store
+from cloud.minter import economics, metrics, store
 from cloud.minter.status import export, read_status
 from cloud.settings import CloudSettings
 
@@ -46,12 +47,16 @@ class Minter:
         # Measured once: the most wallets whose ATA-create + mint_to fit one transaction with our memo.
         self.max_wallets = max_wallets_per_tx(self.identity, store.memo_for(10**15))
         self._last_refusal: dict[int, str] = {}  # batch id -> why the node last refused it (for the error)
+        self._settings_checked = False
 
     # -- planning ---------------------------------------------------------------------------
     async def plan(self, *, reading_ids: Sequence[int] | None = None, meter_id: str | None = None,
                    manual: bool = False, limit: int | None = None) -> list[int]:
-        recent = await self.backend.latest_blockhash()
         tok = self.settings.tokenization
+        if not self._settings_checked:  # records them on first use; SettingsError when they disagree
+            await economics.ensure_recorded(self.pool, self.identity, tok)
+            self._settings_checked = True
+        recent = await self.backend.latest_blockhash()
         completed: list[float] = []
         ids = await store.plan_batches(
             self.pool, limit=limit or tok.batch_size, settings=tok, mint=str(self.identity.mint),
@@ -221,18 +226,41 @@ class Minter:
             await asyncio.sleep(self.settings.chain.confirm_poll_secs)
 
 
+class MinterRefused(SystemExit):
+    """The configuration disagrees with the records or the chain: exit 2 with one sentence."""
+
+
+def refuse(sentence: str) -> MinterRefused:
+    log.error("minter refuses to start: %s", sentence)
+    print(f"minter refuses to start: {sentence}", file=sys.stderr, flush=True)
+    return MinterRefused(2)
+
+
 async def run_minter(settings: CloudSettings, stop: asyncio.Event) -> None:
-    """Entry point for `gridtokenx cloud run --role mint|all`: runs until `stop` is set."""
+    """Entry point for `gridtokenx cloud run --role mint|all`: runs until `stop` is set.
+
+    Refuses to start (exit status 2, one sentence on stderr) when the economic settings are unsafe or
+    disagree with the recorded ones or with the mint on chain (cloud.minter.economics)."""
     from cloud.chain.factory import open_backend
+    from cloud.chain.identity import IdentityError
     from cloud.db import create_pool
 
-    backend = await _open_when_reachable(settings, stop, open_backend)
+    try:
+        economics.check_config(settings.tokenization)
+        backend = await _open_when_reachable(settings, stop, open_backend)
+    except (economics.SettingsError, IdentityError) as exc:
+        raise refuse(str(exc)) from None
     if backend is None:
         return
     try:
         pool = await create_pool(settings.database_url)
         try:
+            try:
+                await economics.ensure_recorded(pool, backend.identity, settings.tokenization)
+            except economics.SettingsError as exc:
+                raise refuse(str(exc)) from None
             minter = Minter(pool, backend, settings)
+            await economics.record_runtime(pool, minter.authority, settings.tokenization)
             log.info("minter started: mint %s, authority %s, backend %s, %d wallets per transaction",
                      minter.identity.mint, minter.authority, settings.chain.backend, minter.max_wallets)
             await minter.run(stop)
