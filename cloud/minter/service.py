@@ -232,7 +232,8 @@ class MinterRefused(SystemExit):
 
 def refuse(sentence: str) -> MinterRefused:
     log.error("minter refuses to start: %s", sentence)
-    print(f"minter refuses to start: {sentence}", file=sys.stderr, flush=True)
+    sys.stderr.write(f"minter refuses to start: {sentence}\n")
+    sys.stderr.flush()
     return MinterRefused(2)
 
 

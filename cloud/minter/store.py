@@ -265,7 +265,8 @@ async def _apply_confirmation(conn: asyncpg.Connection, batch_id: int, signature
         batch_id, row["meter_ids"], row["meter_wh"], row["meter_units"])
     await conn.execute(
         "INSERT INTO meter_mint_ledger_settings AS l (meter_id, settings_id, minted_wh, minted_units)"
-        " SELECT u.meter_id, $1, u.wh, u.units FROM unnest($2::text[], $3::bigint[], $4::numeric[]) AS u(meter_id, wh, units)"
+        " SELECT u.meter_id, $1, u.wh, u.units"
+        " FROM unnest($2::text[], $3::bigint[], $4::numeric[]) AS u(meter_id, wh, units)"
         " ON CONFLICT (meter_id, settings_id) DO UPDATE SET minted_wh = l.minted_wh + EXCLUDED.minted_wh,"
         " minted_units = l.minted_units + EXCLUDED.minted_units",
         row["settings_id"], row["meter_ids"], row["meter_wh"], row["meter_units"])
