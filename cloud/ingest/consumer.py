@@ -28,7 +28,7 @@ from cloud.ingest.metrics import IngestMetrics
 from cloud.ingest.pipeline import Parsed, Plan, classify, parse_items, verify_signatures
 from cloud.ingest.registry import Registry
 from cloud.ingest.rules import Limits
-from cloud.ingest.store import fetch_context, write_plan
+from cloud.ingest.store import fetch_context, lock_meters, write_plan
 from cloud.settings import CloudSettings
 from protocol import topics
 from protocol.envelopes import Ack, Batch, decode_batch, encode
@@ -233,10 +233,12 @@ class IngestConsumer:
     async def persist(self, conn: asyncpg.Connection, prepared: Prepared) -> Plan:
         started = time.perf_counter()
         keys = [p.signed.key for p in prepared.parsed if p.signed is not None]
-        context = await fetch_context(conn, keys)
-        plan = classify(prepared.batch, prepared.parsed, prepared.verified, context, self.registry.get,
-                        limits=self.limits, now=int(self._clock()))
-        await write_plan(conn, plan)
+        async with conn.transaction():  # per-meter locks from the context read to the commit
+            await lock_meters(conn, sorted({k[0] for k in keys}))
+            context = await fetch_context(conn, keys)
+            plan = classify(prepared.batch, prepared.parsed, prepared.verified, context, self.registry.get,
+                            limits=self.limits, now=int(self._clock()))
+            await write_plan(conn, plan)
         self.metrics.commit_seconds.observe(time.perf_counter() - started)
         return plan
 

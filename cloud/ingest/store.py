@@ -119,6 +119,15 @@ def _quarantine_json(plan: Plan) -> str:
     return _encode([_QuarantineJson(m, why) for m, why in sorted(plan.quarantine.items())]).decode()
 
 
+async def lock_meters(conn: asyncpg.Connection, meter_ids: Sequence[str]) -> None:
+    """Transaction-scoped advisory locks on these meters, in one order (no deadlock). Held from the
+    context read to the commit, so two consumers deciding readings of one meter take turns and the
+    series rules (overlap, registers) always see what the other accepted."""
+    if meter_ids:
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(m, 16)) FROM"
+                           " (SELECT DISTINCT m FROM unnest($1::text[]) AS m ORDER BY m) AS s", list(meter_ids))
+
+
 async def fetch_context(conn: asyncpg.Connection, keys: Sequence[Key]) -> dict[Key, StoredContext]:
     if not keys:
         return {}

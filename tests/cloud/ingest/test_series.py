@@ -83,3 +83,45 @@ def test_legacy_readings_follow_the_same_series_rules(consumers: ConsumerFactory
     assert [r.reason or r.status for r in acks["b"].results] == ["overlapping_interval"]
     rows = asyncio.run(query(migrated_db, "SELECT seq, export_wh FROM meter_readings"))
     assert [(r["seq"], r["export_wh"]) for r in rows] == [(t, 1_000)]
+
+
+def test_two_consumers_racing_cannot_both_accept_overlapping_intervals(migrated_db: str) -> None:
+    """Two consumers decide batches with overlapping readings of one meter at the same time (a
+    gateway's consecutive batches on the shared subscription). Before per-meter locking both read
+    the context before either wrote, and both were accepted."""
+    from prometheus_client import CollectorRegistry
+
+    from cloud.ingest.consumer import IngestConsumer, Prepared
+    from cloud.ingest.metrics import IngestMetrics
+    from cloud.ingest.pipeline import parse_items, verify_signatures
+    from cloud.settings import CloudSettings
+    from protocol.envelopes import Batch
+
+    m = Meter.make("racer")
+    asyncio.run(register(migrated_db, [m]))
+    end = int(time.time()) - 600
+
+    async def race() -> list[str]:
+        import asyncpg
+
+        consumers = []
+        for _ in range(2):
+            c = IngestConsumer(CloudSettings(database_url=migrated_db), metrics=IngestMetrics(CollectorRegistry()))
+            conn = await asyncpg.connect(migrated_db)
+            await c.registry.load(conn)
+            consumers.append((c, conn))
+        prepared = []
+        for i, seq in enumerate((1, 2)):
+            r = Reading("racer", seq, end - 900 + i * 300, end + i * 300, 10, export_register_wh=10 * seq)
+            batch = Batch(gateway_id="gw1", batch_id=f"race-{seq}", sent_at=end, items=[BatchItem("racer", seq,
+                                                                                              m.sign(r))])
+            parsed = parse_items(batch)
+            prepared.append(Prepared(batch, parsed, verify_signatures(parsed, consumers[i][0].registry.get)))
+        plans = await asyncio.gather(*(c.persist(conn, p) for (c, conn), p in zip(consumers, prepared, strict=True)))
+        for _, conn in consumers:
+            await conn.close()
+        return sorted(str(r.reason or r.status) for plan in plans for r in plan.results())
+
+    assert asyncio.run(race()) == ["accepted", "overlapping_interval"]
+    rows = asyncio.run(query(migrated_db, "SELECT seq FROM meter_readings"))
+    assert len(rows) == 1
