@@ -247,3 +247,26 @@ async def _set_wh(dsn: str, wh: int) -> None:
                                r["id"], wh, payload)
     finally:
         await conn.close()
+
+
+def test_why_reports_the_services_auto_mint_not_the_callers(database_url: str, tmp_path: Path) -> None:
+    """The report: `cloud why` said "auto-mint is on" (the caller's environment) while the service
+    ran with it off. It now says what the minter started with (minter_runtime)."""
+    from cloud.minter import economics
+
+    asyncio.run(migrate(database_url))
+    fleet = asyncio.run(add_fleet(database_url, meters=1, readings_per_meter=1, seed=2))
+    rid = fleet.reading_ids[0]
+    out = CliRunner().invoke(why, [str(rid), "--database-url", database_url]).output
+    assert "no minter has run yet" in out, out
+
+    async def started(auto: bool) -> None:
+        pool = await create_pool(database_url)
+        try:
+            await economics.record_runtime(pool, "authority", TokenizationSettings(auto_mint_enabled=auto))
+        finally:
+            await pool.close()
+    asyncio.run(started(False))
+    out = CliRunner().invoke(why, [str(rid), "--database-url", database_url],
+                             env={"TOKENIZATION_AUTO_MINT_ENABLED": "true"}).output
+    assert "auto-mint is off" in out and "as the minter last started" in out, out
