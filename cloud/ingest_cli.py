@@ -20,6 +20,7 @@ from cloud import db
 from cloud.ingest import admin
 from cloud.ingest.consumer import IngestConsumer
 from cloud.ingest.metrics import IngestMetrics
+from cloud.minter import MinterRefused
 from cloud.settings import CloudSettings
 from protocol import meters_csv
 from runtime import logs
@@ -271,10 +272,14 @@ def run(role: str, config: Path | None, database_url: str | None, broker_url: st
     logs.setup(level=settings.log_level, json_format=settings.log_format == "json", log_file=settings.log_file,
                component="cloud")
     run_minter = _minter(role)
-    _run(_serve(settings, role, run_minter, run_migrations), settings.database_url)
+    try:
+        _run(_serve(settings, role, run_minter, run_migrations), settings.database_url)
+    except* MinterRefused:  # its one sentence is on stderr already
+        sys.exit(MinterRefused.code)
 
 
 MinterFn = Callable[[CloudSettings, asyncio.Event], Awaitable[None]]
+
 
 
 def _minter(role: str) -> MinterFn | None:

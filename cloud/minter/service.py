@@ -27,7 +27,7 @@ from solders.pubkey import Pubkey
 
 from cloud.chain.base import ChainBackend, ChainError, ChainUnavailable, MintIdentity, RecentBlockhash
 from cloud.chain.tx import build_mint_tx, max_wallets_per_tx
-from cloud.minter import economics, metrics, store
+from cloud.minter import MinterRefused, economics, metrics, store
 from cloud.minter.status import export, read_status
 from cloud.settings import CloudSettings
 
@@ -226,15 +226,11 @@ class Minter:
             await asyncio.sleep(self.settings.chain.confirm_poll_secs)
 
 
-class MinterRefused(SystemExit):
-    """The configuration disagrees with the records or the chain: exit 2 with one sentence."""
-
-
 def refuse(sentence: str) -> MinterRefused:
     log.error("minter refuses to start: %s", sentence)
     sys.stderr.write(f"minter refuses to start: {sentence}\n")
     sys.stderr.flush()
-    return MinterRefused(2)
+    return MinterRefused(sentence)
 
 
 async def run_minter(settings: CloudSettings, stop: asyncio.Event) -> None:

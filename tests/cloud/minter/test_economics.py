@@ -20,9 +20,10 @@ from cloud.chain.factory import open_backend
 from cloud.chain.tx import token_account
 from cloud.db import create_pool, migrate
 from cloud.mint_cli import set_ratio, why
+from cloud.minter import MinterRefused
 from cloud.minter.admin import run_reconcile
 from cloud.minter.economics import SettingsError
-from cloud.minter.service import Minter, MinterRefused, run_minter
+from cloud.minter.service import Minter, run_minter
 from cloud.settings import ChainSettings, CloudSettings, TokenizationSettings
 from tests.cloud.chain.conftest import LocalnetFactory, localnet_factory  # noqa: F401 (fixture)
 from tests.cloud.minter.conftest import add_fleet, add_readings, minter_settings
