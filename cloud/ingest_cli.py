@@ -19,6 +19,7 @@ from cloud import db
 from cloud.ingest import admin
 from cloud.ingest.consumer import CapabilityError, IngestConsumer
 from cloud.ingest.metrics import IngestMetrics
+from cloud.minter import MinterRefused
 from cloud.settings import CloudSettings
 from protocol import meters_csv
 from runtime import logs
@@ -217,20 +218,65 @@ meters.add_command(_status_command("reinstate", "active",
                                    "Accept readings of a suspended or quarantined meter again."))
 
 
-@meters.command("rotate-key", help="Give a meter a new public key. The old key is kept in meter_keys "
-                "with valid_until = now, so readings whose interval ended before the rotation still verify.")
+@meters.command("rotate-key", help="""Give a meter a new public key. The new key verifies every reading a
+consumer processes after this command returns. The old key stays in meter_keys as history and:
+
+\b
+- routine rotation (default): keeps verifying readings whose seq is below its
+  watermark, exclusive: --old-key-below-seq N, default = the highest seq stored
+  for the meter + 1 (only gaps behind it). Raise it to let readings the meter
+  signed before the rotation and the edge still buffers in; see and move it with
+  `meters keys` / `meters key-watermark`.
+- --compromised: verifies nothing from now on, whatever a reading's seq or
+  timestamp claims (readings already accepted stay accepted).""")
 @click.argument("meter_id")
 @click.argument("public_key")
+@click.option("--compromised", is_flag=True, help="The old key leaked: accept nothing signed by it any more.")
+@click.option("--old-key-below-seq", "below_seq", type=click.IntRange(min=0),
+              help="Routine rotation: the old key verifies readings with seq < N only.")
 @_config
 @_dsn
-def rotate_key(meter_id: str, public_key: str, config: Path | None, database_url: str | None) -> None:
+def rotate_key(meter_id: str, public_key: str, compromised: bool, below_seq: int | None, config: Path | None,
+               database_url: str | None) -> None:
     settings = _settings(config, database_url=database_url)
     problem = meters_csv.check_base58_32(public_key, "public_key")
     if problem:
         raise click.ClickException(problem)
-    _run(_with_conn(settings.database_url, lambda c: admin.rotate_key(c, meter_id, public_key)),
+    watermark = _run(_with_conn(settings.database_url, lambda c: admin.rotate_key(
+        c, meter_id, public_key, compromised=compromised, below_seq=below_seq)), settings.database_url)
+    old = ("the old key verifies nothing any more (compromised)" if watermark is None
+           else f"the old key verifies readings with seq < {watermark} only")
+    click.echo(f"meter {meter_id} now verifies with {public_key}; {old}")
+
+
+@meters.command("keys", help="Every key a meter has had: current, retired with its seq watermark, or compromised.")
+@click.argument("meter_id")
+@_config
+@_dsn
+@_json
+def keys(meter_id: str, config: Path | None, database_url: str | None, as_json: bool) -> None:
+    settings = _settings(config, database_url=database_url)
+    rows = _run(_with_conn(settings.database_url, lambda c: admin.list_keys(c, meter_id)), settings.database_url)
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(k) | {"state": k.state} for k in rows], default=str, indent=2))
+        return
+    for k in rows:
+        until = f" until {k.valid_until:%Y-%m-%d %H:%M:%SZ}" if k.valid_until else ""
+        click.echo(f"{k.public_key}  from {k.valid_from:%Y-%m-%d %H:%M:%SZ}{until}  {k.state}")
+
+
+@meters.command("key-watermark", help="Set the seq watermark of a routinely retired key: it verifies readings "
+                "with seq < SEQ only. A compromised key cannot be given one.")
+@click.argument("meter_id")
+@click.argument("public_key")
+@click.argument("seq", type=click.IntRange(min=0))
+@_config
+@_dsn
+def key_watermark(meter_id: str, public_key: str, seq: int, config: Path | None, database_url: str | None) -> None:
+    settings = _settings(config, database_url=database_url)
+    _run(_with_conn(settings.database_url, lambda c: admin.set_key_watermark(c, meter_id, public_key, seq)),
          settings.database_url)
-    click.echo(f"meter {meter_id} now verifies with {public_key}")
+    click.echo(f"meter {meter_id}: retired key {public_key} now verifies readings with seq < {seq}")
 
 
 @click.command(help="Run the cloud service: the ingest consumer (verify, validate, persist, ack) and/or "
@@ -256,11 +302,15 @@ def run(role: str, config: Path | None, database_url: str | None, broker_url: st
     logs.setup(level=settings.log_level, json_format=settings.log_format == "json", log_file=settings.log_file,
                component="cloud")
     run_minter = _minter(role)
-    _run(run_component(lambda stop: _serve(settings, role, run_minter, run_migrations, stop), name=f"cloud {role}",
-                       drain_seconds=30.0), settings.database_url)
+    try:
+        _run(run_component(lambda stop: _serve(settings, role, run_minter, run_migrations, stop),
+                           name=f"cloud {role}", drain_seconds=30.0), settings.database_url)
+    except* MinterRefused:  # its one sentence is on stderr already
+        sys.exit(MinterRefused.code)
 
 
 MinterFn = Callable[[CloudSettings, asyncio.Event], Awaitable[None]]
+
 
 
 def _minter(role: str) -> MinterFn | None:

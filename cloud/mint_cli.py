@@ -44,6 +44,12 @@ def _run(factory: Callable[[], Awaitable[T]], settings: CloudSettings) -> T:
         raise click.ClickException(f"the database is not migrated ({exc}); run `gridtokenx cloud migrate`") from exc
     except ChainError as exc:
         raise click.ClickException(str(exc)) from exc
+    except Exception as exc:
+        from cloud.minter.economics import SettingsError
+
+        if isinstance(exc, SettingsError):
+            raise click.ClickException(str(exc)) from exc
+        raise
 
 
 def _emit(doc: dict[str, Any]) -> None:
@@ -133,24 +139,103 @@ def reconcile(fix: bool, config_path: Path | None, database_url: str | None, as_
 @_json
 def status(config_path: Path | None, database_url: str | None, as_json: bool) -> None:
     settings = _settings(config_path, database_url)
+    from cloud.minter import economics
     from cloud.minter.status import read_status
 
     async def read() -> Any:
         conn = await asyncpg.connect(settings.database_url)
         try:
-            return await read_status(conn)
+            return await read_status(conn), await economics.load(conn)
         finally:
             await conn.close()
 
-    st = _run(read, settings)
+    st, records = _run(read, settings)
+    in_force = records[-1] if records else None
     if as_json:
-        _emit(st.to_json())
+        _emit(st.to_json() | {"settings_in_force": _settings_json(in_force)})
     else:
         from cloud.minter.admin import describe_status
 
         click.echo(describe_status(st))
+        click.echo(_settings_line(in_force))
     if any(st.alerts.values()):
         sys.exit(2)
 
 
-COMMANDS: list[click.Command] = [mint, why, reconcile, status]
+def _settings_json(rec: Any) -> dict[str, Any] | None:
+    if rec is None:
+        return None
+    return {"id": rec.id, "ratio": rec.ratio_text, "decimals": rec.decimals, "mint": rec.mint_address,
+            "token_program": rec.token_program, "from_reading_id": rec.from_reading_id, "reason": rec.reason,
+            "recorded_at": rec.recorded_at}
+
+
+def _settings_line(rec: Any) -> str:
+    if rec is None:
+        return "settings in force     none recorded yet (the minter records them when it first starts)"
+    return (f"settings in force     ratio {rec.ratio_text} kWh->token, {rec.decimals} decimals, mint {rec.mint_address}"
+            f" ({rec.token_program}), for readings from id {rec.from_reading_id}; recorded "
+            f"{rec.recorded_at:%Y-%m-%d %H:%M:%SZ} ({rec.reason})")
+
+
+# -- settings --------------------------------------------------------------------------------
+@click.group("settings", help="The economic settings in force, as recorded in the database (not this shell's "
+             "environment): ratio, decimals, mint, token program. The minter records them on first start and "
+             "refuses to start when its configuration disagrees.")
+def settings_group() -> None:
+    pass
+
+
+@settings_group.command("show", help="Every settings record, oldest first, with the readings it applies to.")
+@_config
+@_db
+@_json
+def settings_show(config_path: Path | None, database_url: str | None, as_json: bool) -> None:
+    settings = _settings(config_path, database_url)
+    from cloud.minter import economics
+
+    async def read() -> Any:
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            return await economics.load(conn)
+        finally:
+            await conn.close()
+
+    records = _run(read, settings)
+    if as_json:
+        click.echo(json.dumps([_settings_json(r) for r in records], indent=2, default=str))
+        return
+    for r in records:
+        click.echo(f"#{r.id}: {_settings_line(r).split('     ', 1)[1]}")
+    if not records:
+        click.echo(_settings_line(None))
+
+
+@settings_group.command("set-ratio", help="Change TOKENIZATION_KWH_TO_TOKEN_RATIO from now on: a new record that "
+                        "applies to readings accepted after this command (higher ids), never to readings accepted "
+                        "before it, minted or not. Set the same value in the minter's configuration before its next "
+                        "start (it refuses to start otherwise).")
+@click.argument("ratio")
+@click.option("--note", help="why (kept with the record)")
+@_config
+@_db
+def set_ratio(ratio: str, note: str | None, config_path: Path | None, database_url: str | None) -> None:
+    settings = _settings(config_path, database_url)
+    from cloud.minter import economics
+
+    async def change() -> Any:
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            return await economics.set_ratio(conn, ratio, note=note)
+        finally:
+            await conn.close()
+
+    try:
+        rec = _run(change, settings)
+    except (economics.SettingsError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"ratio {rec.ratio_text} applies to readings from id {rec.from_reading_id} on (record #{rec.id}); "
+               f"set TOKENIZATION_KWH_TO_TOKEN_RATIO={rec.ratio_text} for the minter's next start")
+
+
+COMMANDS: list[click.Command] = [mint, why, reconcile, status, settings_group]

@@ -25,6 +25,8 @@ class TokenizationSettings:
     max_reading_kwh: str = field(default="100.0", metadata={"env": "TOKENIZATION_MAX_READING_KWH"})
     reading_max_age_days: float = field(default=7.0, metadata={"env": "TOKENIZATION_READING_MAX_AGE_DAYS"})
     clock_skew_secs: int = field(default=300, metadata={"env": "TOKENIZATION_CLOCK_SKEW_SECS"})
+    max_interval_secs: int = field(default=3600, metadata={"env": "TOKENIZATION_MAX_INTERVAL_SECS"})
+    """Longest interval one reading may cover; longer ones are rejected interval_too_long."""
     retry_enabled: bool = field(default=True, metadata={"env": "TOKENIZATION_RETRY_ENABLED"})
     max_retry_attempts: int = field(default=10, metadata={"env": "TOKENIZATION_MAX_RETRY_ATTEMPTS"})
     initial_retry_delay_minutes: float = field(

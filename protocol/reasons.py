@@ -49,6 +49,11 @@ class Reason(StrEnum):
     """The cumulative export register went down, or seq went backwards against a later register."""
     REGISTER_MISMATCH = "register_mismatch"
     """The interval delta does not equal the change of the cumulative register since the previous seq."""
+    OVERLAPPING_INTERVAL = "overlapping_interval"
+    """The interval overlaps (or is out of seq order with) an accepted interval of the same meter;
+    both readings are kept and the meter is quarantined, as for equivocation."""
+    INTERVAL_TOO_LONG = "interval_too_long"
+    """The interval is longer than TOKENIZATION_MAX_INTERVAL_SECS."""
 
     # Edge buffer housekeeping
     QUOTA_DROPPED = "quota_dropped"

@@ -118,6 +118,12 @@ def generate() -> dict[str, Any]:
     rejected("unknown_field", "a field v1 does not define",
              signed_body(b'{"meter_id":"M-0001","seq":1,"start":1,"end":2,"export_wh":5,'
                          b'"export_register_wh":9,"wallet":"x"}'), "malformed")
+    rejected("duplicate_key", "export_wh twice (10, then 2000): one byte string, one meaning",
+             signed_body(b'{"meter_id":"M-0001","seq":1,"start":1,"end":2,"export_wh":10,'
+                         b'"export_register_wh":2000,"export_wh":2000}'), "malformed")
+    rejected("duplicate_key_escaped", "meter_id again, written with a JSON escape (\\u0069 is i)",
+             signed_body(b'{"meter_id":"M-0001","seq":1,"start":1,"end":2,"export_wh":10,'
+                         b'"export_register_wh":20,"meter_\\u0069d":"M-0002"}'), "malformed")
     rejected("bad_interval", "end before start",
              signed_body(b'{"meter_id":"M-0001","seq":1,"start":5,"end":2,"export_wh":5,'
                          b'"export_register_wh":9}'), "malformed")

@@ -10,6 +10,9 @@ object with the `Reading` fields. Legacy message: the GridTokenX gateway string 
 
 from __future__ import annotations
 
+import json
+import re
+
 import msgspec
 from nacl import bindings
 from nacl.exceptions import BadSignatureError
@@ -120,10 +123,57 @@ def _parse_v1_body(body: bytes) -> Reading:
         raise ProtocolError(Reason.MALFORMED, f"reading fields: {exc}") from exc
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ProtocolError(Reason.MALFORMED, f"reading JSON: {exc}") from exc
+    duplicate = None if body.count(b":") == _present(reading) else _duplicate_key(body)
+    if duplicate is not None:
+        raise ProtocolError(Reason.MALFORMED, f"key {duplicate!r} occurs more than once in the v1 object; "
+                                              "one byte string has one meaning")
     check_structure(reading)
     if reading.export_register_wh is None:
         raise ProtocolError(Reason.MALFORMED, "v1 readings must carry export_register_wh")
     return reading
+
+
+def _present(reading: Reading) -> int:
+    """How many keys `reading` proves present: the required five plus optional fields not at their
+    default. When the body has exactly that many colons (meter_id cannot contain one, numbers and
+    literals do not), every key is distinct: no scan needed (~0.3 µs, the common case)."""
+    return (5 + (reading.export_register_wh is not None) + (reading.import_wh is not None)
+            + (reading.import_register_wh is not None) + (reading.flags != 0))
+
+
+#: A key of a flat JSON object without escapes: a string token followed by a colon.
+_KEY_RE = re.compile(rb'"([^"\\]*)"\s*:')
+
+
+def _duplicate_key(body: bytes) -> str | None:
+    """The first key that occurs twice in `body` (already decoded as a `Reading`), or None.
+
+    msgspec, like most JSON decoders, silently keeps the last of repeated keys. Fast path (no
+    backslash anywhere, ~1 µs): scanning left to right, every string token is `"[^"]*"` and a key
+    is one followed by a colon; a value string cannot fake one, because the only string field
+    (meter_id) contains neither `:` nor whitespace and unknown keys were already refused. A body
+    with escapes (nothing a meter sends needs one) takes `json`'s pair hook, which compares keys
+    after unescaping, so `"export\\u005fwh"` is `export_wh`.
+    """
+    if b"\\" not in body:
+        keys = _KEY_RE.findall(body)
+        if len(set(keys)) == len(keys):
+            return None
+        seen: set[bytes] = set()
+        for key in keys:
+            if key in seen:
+                return bytes(key).decode("utf-8", "replace")
+            seen.add(key)
+    found: list[str] = []
+
+    def pairs(items: list[tuple[str, object]]) -> dict[str, object]:
+        names = [k for k, _ in items]
+        if not found and len(set(names)) != len(names):
+            found.append(next(k for i, k in enumerate(names) if k in names[:i]))
+        return dict(items)
+
+    json.loads(body, object_pairs_hook=pairs)
+    return found[0] if found else None
 
 
 def check_structure(reading: Reading) -> None:

@@ -92,6 +92,9 @@ class ChainBackend(Protocol):
 
     async def account_exists(self, address: Pubkey) -> bool: ...
 
+    async def account_info(self, address: Pubkey) -> tuple[Pubkey, bytes] | None:
+        """(owner program, data) of an account; None when it does not exist."""
+
     async def lamports(self, address: Pubkey) -> int: ...
 
     async def airdrop(self, address: Pubkey, lamports: int) -> None: ...

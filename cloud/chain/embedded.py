@@ -104,6 +104,10 @@ class EmbeddedBackend:
     async def account_exists(self, address: Pubkey) -> bool:
         return self.ledger.get_account(address) is not None
 
+    async def account_info(self, address: Pubkey) -> tuple[Pubkey, bytes] | None:
+        acc = self.ledger.get_account(address)
+        return None if acc is None else (acc.owner, bytes(acc.data))
+
     async def lamports(self, address: Pubkey) -> int:
         acc = self.ledger.get_account(address)
         return 0 if acc is None else acc.lamports

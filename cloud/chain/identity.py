@@ -68,8 +68,8 @@ async def ensure_identity(backend: ChainBackend, chain: ChainSettings,
                  else load_or_create_keypair(chain.state_dir / AUTHORITY_FILE))
     if chain.mint_address:
         mint = Pubkey.from_string(chain.mint_address)
-        if not await backend.account_exists(mint):
-            raise IdentityError(f"mint {mint} (GRIDTOKENX_MINT_ADDRESS) does not exist on the cluster")
+        await check_mint_on_chain(backend, mint, authority.pubkey(), program, tokenization.decimals,
+                                  source="GRIDTOKENX_MINT_ADDRESS")
         return MintIdentity(authority, mint, tokenization.decimals, program)
     mint_file = chain.state_dir / MINT_FILE
     if mint_file.exists():
@@ -78,11 +78,38 @@ async def ensure_identity(backend: ChainBackend, chain: ChainSettings,
         if doc["decimals"] != tokenization.decimals:
             raise IdentityError(f"mint {mint} has {doc['decimals']} decimals but TOKENIZATION_DECIMALS is "
                                 f"{tokenization.decimals}; set it back or use a new GRIDTOKENX_CHAIN_STATE_DIR")
-        if await backend.account_exists(mint):
-            return MintIdentity(authority, mint, int(doc["decimals"]), program)
-        raise IdentityError(f"mint {mint} from {mint_file} is not on this cluster; point at the cluster "
-                            "that has it, or remove the file to create a new mint")
+        if not await backend.account_exists(mint):
+            raise IdentityError(f"mint {mint} from {mint_file} is not on this cluster; point at the cluster "
+                                "that has it, or remove the file to create a new mint")
+        await check_mint_on_chain(backend, mint, authority.pubkey(), program, tokenization.decimals,
+                                  source=str(mint_file))
+        return MintIdentity(authority, mint, int(doc["decimals"]), program)
     return await _create_mint(backend, authority, tokenization.decimals, program, mint_file, chain)
+
+
+async def check_mint_on_chain(backend: ChainBackend, mint: Pubkey, authority: Pubkey, program: Pubkey,
+                              decimals: int, *, source: str) -> None:
+    """The mint on chain must be what the configuration says: owned by the configured token program,
+    with TOKENIZATION_DECIMALS decimals and our authority as mint authority. One sentence otherwise."""
+    from cloud.chain.tokens import decode_mint
+
+    info = await backend.account_info(mint)
+    if info is None:
+        raise IdentityError(f"mint {mint} ({source}) does not exist on the cluster")
+    owner, data = info
+    if owner != program:
+        raise IdentityError(f"mint {mint} is owned by program {owner}, not by the configured token program "
+                            f"{program} (GRIDTOKENX_TOKEN_PROGRAM); the minter refuses to start")
+    state = decode_mint(data)
+    if state is None or not state.initialized:
+        raise IdentityError(f"account {mint} ({source}) is not an initialized mint; the minter refuses to start")
+    if state.decimals != decimals:
+        raise IdentityError(f"mint {mint} has {state.decimals} decimals on chain but TOKENIZATION_DECIMALS is "
+                            f"{decimals}; set TOKENIZATION_DECIMALS={state.decimals} (amounts would be off by "
+                            f"10^{abs(state.decimals - decimals)}); the minter refuses to start")
+    if state.mint_authority != authority:
+        raise IdentityError(f"the mint authority of {mint} on chain is {state.mint_authority}, not the configured "
+                            f"authority {authority}; the minter refuses to start")
 
 
 async def _create_mint(backend: ChainBackend, authority: Keypair, decimals: int, program: Pubkey,

@@ -177,6 +177,10 @@ class RpcBackend:
     async def account_exists(self, address: Pubkey) -> bool:
         return (await self._call("getAccountInfo", lambda: self.client.get_account_info(address))).value is not None
 
+    async def account_info(self, address: Pubkey) -> tuple[Pubkey, bytes] | None:
+        resp = await self._call("getAccountInfo", lambda: self.client.get_account_info(address))
+        return None if resp.value is None else (resp.value.owner, bytes(resp.value.data))
+
     async def lamports(self, address: Pubkey) -> int:
         return (await self._call("getBalance", lambda: self.client.get_balance(address))).value
 

@@ -32,7 +32,7 @@ from cloud.ingest.metrics import IngestMetrics
 from cloud.ingest.pipeline import Parsed, Plan, classify, parse_items, verify_signatures
 from cloud.ingest.registry import Registry
 from cloud.ingest.rules import Limits
-from cloud.ingest.store import fetch_context, record_bad_envelope, record_dead_letter, write_plan
+from cloud.ingest.store import fetch_context, lock_meters, record_bad_envelope, record_dead_letter, write_plan
 from cloud.settings import CloudSettings
 from protocol import topics
 from protocol.envelopes import Ack, AckItem, Batch, encode
@@ -304,7 +304,7 @@ class IngestConsumer:
             log.error("could not record the bad envelope %s: %s", bad.sha256.hex()[:16], exc)
 
     async def _refresh_registry(self, conn: asyncpg.Connection, meter_ids: set[str]) -> None:
-        await self.registry.refresh_if_due(conn)
+        await self.registry.sync(conn)  # registry_version moved → refresh now (no cache window)
         await self.registry.ensure(conn, meter_ids)
 
     async def commit(self, client: aiomqtt.Client, prepared: Prepared) -> None:
@@ -361,11 +361,13 @@ class IngestConsumer:
     async def persist(self, conn: asyncpg.Connection, prepared: Prepared) -> Plan:
         started = time.perf_counter()
         keys = [p.signed.key for p in prepared.parsed if p.signed is not None]
-        context = await fetch_context(conn, keys)
-        plan = classify(prepared.batch, prepared.parsed, prepared.verified, context, self.registry.get,
-                        limits=self.limits, now=int(self._clock()))
         gateway = prepared.batch.gateway_id
-        over = await write_plan(conn, plan, admit=lambda n: self.evidence.admit(gateway, n))
+        async with conn.transaction():  # per-meter locks from the context read to the commit
+            await lock_meters(conn, sorted({k[0] for k in keys}))
+            context = await fetch_context(conn, keys)
+            plan = classify(prepared.batch, prepared.parsed, prepared.verified, context, self.registry.get,
+                            limits=self.limits, now=int(self._clock()))
+            over = await write_plan(conn, plan, admit=lambda n: self.evidence.admit(gateway, n))
         if over:
             self.metrics.evidence_over_quota.labels(gateway_id=gateway).inc(over)
             log.warning("gateway %s is over its evidence quota: %d rejected payload(s) stored as length and "

@@ -13,7 +13,8 @@ Order of checks for each item (the first failing one decides):
    conflicting bytes count, so nobody but the meter's key holder can get a meter quarantined.
    Checked before the status, so a re-sent equivocation gets the same answer after the quarantine.
 6. status not active (suspended, revoked, quarantined) → suspended_meter.
-7. validation rules (`rules.check_reading`), with register neighbours from Postgres and this batch.
+7. validation rules (`rules.check_reading`), with register neighbours from Postgres and this batch;
+   an overlapping interval also quarantines the meter (it takes the meter's key to sign one).
 
 The I/O around it (`store`) supplies the `StoredContext` of each key and persists the `Plan`.
 """
@@ -186,10 +187,13 @@ def classify(batch: Batch, parsed: list[Parsed], verified: Collection[int], cont
                                   prev=prev, next_=ctx.next_)
         if violation is not None:
             plan.reject(p, meter_id, seq, violation.reason, violation.detail)
+            if violation.reason is Reason.OVERLAPPING_INTERVAL:
+                plan.quarantine[meter_id] = violation.detail
             continue
         plan.accepted.append(AcceptedRow(p.index, signed, record.wallet_address))
         local_payload[key] = signed.payload
-        local_last[meter_id] = RegisterPoint(seq, reading.export_wh, reading.export_register_wh)
+        local_last[meter_id] = RegisterPoint(seq, reading.export_wh, reading.export_register_wh, reading.start,
+                                             reading.end)
     return plan
 
 

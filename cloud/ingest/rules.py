@@ -14,6 +14,16 @@ seq above it (each taken from Postgres or from earlier items of the same batch):
   energy already counted, ``register - export_wh >= prev.register`` (and the same towards next).
 - register_mismatch, no neighbour: ``register >= export_wh`` (a register cannot count less than
   its own last interval).
+
+Series rules (every format, legacy included), with the same `prev` and `next`:
+
+- interval_too_long: ``end - start > TOKENIZATION_MAX_INTERVAL_SECS``.
+- capacity_exceeded: ``export_wh × 3600 > capacity_w × (end - start)``, for every reading.
+- overlapping_interval: ``start < prev.end`` or ``end > next.start``. A meter's accepted intervals are
+  therefore ordered like its seqs and pairwise disjoint (checking the two neighbours suffices: the
+  accepted set stays sorted and disjoint by induction), so its accepted energy over any stretch of
+  time is at most capacity × the time its intervals cover. Both readings are kept (the accepted one
+  in meter_readings, the new one as evidence) and the meter is quarantined, as for equivocation.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ class Limits:
     max_reading_wh: int
     max_age_secs: int
     clock_skew_secs: int
+    max_interval_secs: int = 3600
 
     @classmethod
     def from_settings(cls, tokenization: TokenizationSettings) -> Limits:
@@ -39,16 +50,20 @@ class Limits:
             max_reading_wh=tokenization.max_reading_wh,
             max_age_secs=int(tokenization.reading_max_age_days * SECONDS_PER_DAY),
             clock_skew_secs=tokenization.clock_skew_secs,
+            max_interval_secs=tokenization.max_interval_secs,
         )
 
 
 @dataclass(frozen=True, slots=True)
 class RegisterPoint:
-    """What the register rules need of an accepted neighbour reading."""
+    """What the register and series rules need of an accepted neighbour reading."""
 
     seq: int
     export_wh: int
     export_register_wh: int | None
+    start: int | None = None
+    end: int | None = None
+    """The neighbour's interval, UTC seconds (None only in register-only unit tests)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,9 +74,32 @@ class Violation:
 
 def check_reading(reading: Reading, *, capacity_w: int, limits: Limits, now: int,
                   prev: RegisterPoint | None = None, next_: RegisterPoint | None = None) -> Violation | None:
-    """The first rule `reading` breaks, or None. Order: range, time, capacity, register."""
+    """The first rule `reading` breaks, or None. Order: range, time, interval length, capacity,
+    register, overlap."""
     return (check_range(reading, limits) or check_time(reading, limits, now)
-            or check_capacity(reading, capacity_w) or check_register(reading, prev, next_))
+            or check_length(reading, limits) or check_capacity(reading, capacity_w)
+            or check_register(reading, prev, next_) or check_overlap(reading, prev, next_))
+
+
+def check_length(reading: Reading, limits: Limits) -> Violation | None:
+    seconds = reading.end - reading.start
+    if seconds > limits.max_interval_secs:
+        return Violation(Reason.INTERVAL_TOO_LONG, f"interval is {seconds} s long; the maximum is "
+                                                   f"{limits.max_interval_secs} s (TOKENIZATION_MAX_INTERVAL_SECS)")
+    return None
+
+
+def check_overlap(reading: Reading, prev: RegisterPoint | None, next_: RegisterPoint | None) -> Violation | None:
+    """Neighbours by seq must also be neighbours in time, without overlap."""
+    if prev is not None and prev.end is not None and reading.start < prev.end:
+        return Violation(Reason.OVERLAPPING_INTERVAL,
+                         f"interval [{reading.start}, {reading.end}) of seq {reading.seq} overlaps or precedes "
+                         f"the accepted interval [{prev.start}, {prev.end}) of seq {prev.seq}")
+    if next_ is not None and next_.start is not None and reading.end > next_.start:
+        return Violation(Reason.OVERLAPPING_INTERVAL,
+                         f"interval [{reading.start}, {reading.end}) of seq {reading.seq} overlaps or follows "
+                         f"the accepted interval [{next_.start}, {next_.end}) of seq {next_.seq}")
+    return None
 
 
 def check_range(reading: Reading, limits: Limits) -> Violation | None:

@@ -26,11 +26,14 @@ from protocol.wire import MAX_PAYLOAD_BYTES
 _CONTEXT = """
 SELECT k.meter_id, k.seq, CASE WHEN p.seq = k.seq THEN p.payload END AS payload,
        p.seq AS p_seq, p.export_wh AS p_wh, p.export_register_wh AS p_reg,
-       n.seq AS n_seq, n.export_wh AS n_wh, n.export_register_wh AS n_reg
+       extract(epoch FROM p.interval_start)::bigint AS p_start, extract(epoch FROM p.interval_end)::bigint AS p_end,
+       n.seq AS n_seq, n.export_wh AS n_wh, n.export_register_wh AS n_reg,
+       extract(epoch FROM n.interval_start)::bigint AS n_start, extract(epoch FROM n.interval_end)::bigint AS n_end
 FROM unnest($1::text[], $2::bigint[]) AS k(meter_id, seq)
-LEFT JOIN LATERAL (SELECT seq, payload, export_wh, export_register_wh FROM meter_readings r
+LEFT JOIN LATERAL (SELECT seq, payload, export_wh, export_register_wh, interval_start, interval_end
+                   FROM meter_readings r
                    WHERE r.meter_id = k.meter_id AND r.seq <= k.seq ORDER BY r.seq DESC LIMIT 1) p ON TRUE
-LEFT JOIN LATERAL (SELECT seq, export_wh, export_register_wh FROM meter_readings r
+LEFT JOIN LATERAL (SELECT seq, export_wh, export_register_wh, interval_start, interval_end FROM meter_readings r
                    WHERE r.meter_id = k.meter_id AND r.seq > k.seq ORDER BY r.seq ASC LIMIT 1) n ON TRUE
 WHERE p.seq IS NOT NULL OR n.seq IS NOT NULL
 """
@@ -131,6 +134,15 @@ def _quarantine_json(plan: Plan) -> str:
                     for m, why in sorted(plan.quarantine.items())]).decode()
 
 
+async def lock_meters(conn: asyncpg.Connection, meter_ids: Sequence[str]) -> None:
+    """Transaction-scoped advisory locks on these meters, in one order (no deadlock). Held from the
+    context read to the commit, so two consumers deciding readings of one meter take turns and the
+    series rules (overlap, registers) always see what the other accepted."""
+    if meter_ids:
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(m, 16)) FROM"
+                           " (SELECT DISTINCT m FROM unnest($1::text[]) AS m ORDER BY m) AS s", list(meter_ids))
+
+
 async def fetch_context(conn: asyncpg.Connection, keys: Sequence[Key]) -> dict[Key, StoredContext]:
     if not keys:
         return {}
@@ -140,8 +152,10 @@ async def fetch_context(conn: asyncpg.Connection, keys: Sequence[Key]) -> dict[K
         if r["payload"] is not None:  # the key itself is stored: duplicate or equivocation, no rules
             out[(r["meter_id"], r["seq"])] = StoredContext(r["payload"])
             continue
-        prev = RegisterPoint(r["p_seq"], r["p_wh"], r["p_reg"]) if r["p_seq"] is not None else None
-        nxt = RegisterPoint(r["n_seq"], r["n_wh"], r["n_reg"]) if r["n_seq"] is not None else None
+        prev = (RegisterPoint(r["p_seq"], r["p_wh"], r["p_reg"], r["p_start"], r["p_end"])
+                if r["p_seq"] is not None else None)
+        nxt = (RegisterPoint(r["n_seq"], r["n_wh"], r["n_reg"], r["n_start"], r["n_end"])
+               if r["n_seq"] is not None else None)
         out[(r["meter_id"], r["seq"])] = StoredContext(r["payload"], prev, nxt)
     return out
 

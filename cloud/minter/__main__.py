@@ -10,6 +10,7 @@ import asyncio
 import sys
 from pathlib import Path
 
+from cloud.minter import MinterRefused
 from cloud.minter.service import run_minter
 from cloud.settings import CloudSettings
 from runtime import logs
@@ -21,7 +22,10 @@ def main(argv: list[str]) -> None:
     config = Path(argv[argv.index("--config") + 1]) if "--config" in argv else None
     settings = load(CloudSettings, config)
     logs.setup(level=settings.log_level, json_format=settings.log_format == "json", log_file=settings.log_file)
-    asyncio.run(run_component(lambda stop: run_minter(settings, stop), name="minter", drain_seconds=30.0))
+    try:
+        asyncio.run(run_component(lambda stop: run_minter(settings, stop), name="minter", drain_seconds=30.0))
+    except MinterRefused as exc:  # the sentence is on stderr already
+        sys.exit(exc.code)
 
 
 if __name__ == "__main__":

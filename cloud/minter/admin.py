@@ -12,7 +12,7 @@ import asyncpg
 
 from cloud.chain.embedded import ChainBusy
 from cloud.chain.factory import open_backend
-from cloud.minter import store
+from cloud.minter import economics, store
 from cloud.minter.reconcile import FOREIGN_NOTE, ReconcileReport, reconcile
 from cloud.minter.status import (
     BACKLOG_ALERT,
@@ -65,6 +65,8 @@ async def manual_mint(settings: CloudSettings, *, reading_ids: Sequence[int] | N
             from cloud.minter.service import MANUAL_LIMIT, Minter
 
             try:
+                economics.check_config(settings.tokenization)
+                await economics.ensure_recorded(pool, backend.identity, settings.tokenization)
                 minter = Minter(pool, backend, settings)
                 ids = await minter.plan(reading_ids=reading_ids, meter_id=meter_id, manual=True,
                                         limit=MANUAL_LIMIT)
@@ -177,7 +179,12 @@ async def _explain(conn: asyncpg.Connection, settings: CloudSettings, reading: s
     rid = row["id"]
     base = {"reading_id": rid, "meter_id": row["meter_id"], "seq": row["seq"], "wallet": row["wallet_address"],
             "export_wh": row["export_wh"]}
-    decimals = settings.tokenization.decimals
+    # Settings in force from the database (what the minter used), never the caller's environment.
+    records = await economics.load(conn)
+    decimals = records[-1].decimals if records else settings.tokenization.decimals
+    if records and row["mint_batch_id"] is not None:
+        sid = await conn.fetchval("SELECT settings_id FROM mint_batches WHERE id = $1", row["mint_batch_id"])
+        decimals = next((r.decimals for r in records if r.id == sid), decimals)
     if row["minted"]:
         units = int(row["mint_base_units"] or 0)
         sig = row["mint_tx_signature"]
@@ -212,8 +219,14 @@ async def _explain(conn: asyncpg.Connection, settings: CloudSettings, reading: s
                            f"{' (' + meter['status_reason'] + ')' if meter['status_reason'] else ''}; readings"
                            " of a meter that is not active are not minted", base | {"meter_status": meter["status"]})
     ahead = await conn.fetchval("SELECT count(*) FROM meter_readings WHERE NOT minted AND id < $1", rid)
-    mode = ("auto-mint is on: the next poll takes it" if settings.tokenization.auto_mint_enabled
-            else "auto-mint is off (TOKENIZATION_AUTO_MINT_ENABLED=false): `gridtokenx cloud mint` mints it")
+    runtime = await conn.fetch("SELECT auto_mint_enabled FROM minter_runtime ORDER BY started_at DESC")
+    if not runtime:
+        mode = "no minter has run yet on this database: `gridtokenx cloud run --role mint` mints it"
+    elif runtime[0]["auto_mint_enabled"]:
+        mode = "auto-mint is on (as the minter last started): the next poll takes it"
+    else:
+        mode = ("auto-mint is off (TOKENIZATION_AUTO_MINT_ENABLED=false, as the minter last started): "
+                "`gridtokenx cloud mint` mints it")
     return Explanation("waiting", f"reading {rid} is waiting to be minted ({ahead} older unminted readings); {mode}",
                        base | {"older_unminted": ahead})
 
@@ -225,11 +238,10 @@ async def run_reconcile(settings: CloudSettings, *, fix: bool) -> tuple[Reconcil
     except ChainBusy as exc:
         raise ChainBusy(f"{exc}. Stop the minter before reconciling an embedded chain.") from exc
     try:
-        tok = settings.tokenization
-        first = await reconcile(settings.database_url, backend, fix=fix, ratio=tok.ratio, decimals=tok.decimals)
+        # Ratios and decimals come from the recorded settings (mint_settings), not this shell.
+        first = await reconcile(settings.database_url, backend, fix=fix)
         if fix and any(u.fixed for u in first.unrecorded):
-            return first, await reconcile(settings.database_url, backend, fix=False, ratio=tok.ratio,
-                                          decimals=tok.decimals)
+            return first, await reconcile(settings.database_url, backend, fix=False)
         return first, first
     finally:
         await backend.close()
@@ -252,6 +264,9 @@ def describe_report(r: ReconcileReport) -> str:
                  f" of {sum(r.entitled_by_wallet.values())} base units entitled by validated energy; "
                  f"drift {r.entitlement_drift}, unminted readings {r.unminted_readings}"
                  + (f", OVERMINTED wallets: {', '.join(r.overminted_wallets)}" if r.overminted_wallets else ""))
+    for title, items in (("settings", r.settings_problems), ("MIS-MINTED", r.misminted),
+                         ("meter series", r.series_problems), ("evidence", r.evidence_problems)):
+        lines += [f"  {title}: {item}" for item in items]
     lines.append("clean: no drift" if r.clean else "DRIFT found" + ("" if any(u.fixed for u in r.unrecorded)
                                                                    else " (--fix records landed batches)"))
     return "\n".join(lines)

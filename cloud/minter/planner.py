@@ -9,6 +9,10 @@ Minting is cumulative per meter. For a meter whose ledger says `minted_wh` valid
 so the units of any prefix of readings add up to exactly entitled(total) − minted_units: replays
 and retries mint nothing extra and rounding dust carries to the next reading instead of being lost.
 A reading's wallet is the one the registry gave it at acceptance; each wallet gets one mint_to.
+
+Amounts are u64 on chain. A reading that could not be minted even alone (its entitlement + 1 above
+u64) is returned as unmintable, for the caller to dead-letter; when a wallet's total in one batch
+would pass u64, its latest readings wait for a later batch (the cumulative rule holds for any subset).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 from protocol.units import entitled_base_units
+
+U64_MAX = 2**64 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,14 +84,43 @@ def attribute(readings: Sequence[PendingReading], ledgers: dict[str, MeterLedger
     return out
 
 
+def unmintable(readings: Sequence[PendingReading], *, ratio: Fraction, decimals: int) -> dict[int, str]:
+    """reading id → why it can never be minted: its amount alone does not fit an SPL u64."""
+    out: dict[int, str] = {}
+    for r in readings:
+        alone = entitled_base_units(r.export_wh, ratio=ratio, decimals=decimals)
+        if alone + 1 > U64_MAX:
+            out[r.id] = (f"{r.export_wh} Wh at ratio {ratio} and {decimals} decimals is {alone} base units, "
+                         f"above the SPL maximum {U64_MAX} (u64)")
+    return out
+
+
+def fit_u64(readings: Sequence[PendingReading], ledgers: dict[str, MeterLedger], *, ratio: Fraction,
+            decimals: int) -> tuple[list[PendingReading], dict[int, int]]:
+    """Drop each over-full wallet's latest reading until every wallet's amount fits u64; returns the
+    readings kept and their units. Dropped readings are simply not in this batch."""
+    kept = sorted(readings, key=lambda r: r.id)
+    while True:
+        units = attribute(kept, ledgers, ratio=ratio, decimals=decimals)
+        totals: dict[str, int] = {}
+        for r in kept:
+            totals[r.wallet] = totals.get(r.wallet, 0) + units[r.id]
+        over = {w for w, t in totals.items() if t > U64_MAX}
+        if not over:
+            return kept, units
+        drop = {max(r.id for r in kept if r.wallet == w) for w in over}
+        kept = [r for r in kept if r.id not in drop]
+
+
 def plan(readings: Sequence[PendingReading], ledgers: dict[str, MeterLedger], *, ratio: Fraction,
          decimals: int, fits: Callable[[list[tuple[str, int]]], bool], max_batches: int) -> list[BatchPlan]:
     """Group readings per wallet and pack wallets into transactions that `fits` accepts.
 
     Every reading of one wallet lands in the same batch. At most `max_batches` batches are returned;
-    readings of wallets left over simply wait for the next poll.
+    readings of wallets left over simply wait for the next poll. Every amount fits u64 (`fit_u64`;
+    call `unmintable` first to take out readings that never can).
     """
-    units = attribute(readings, ledgers, ratio=ratio, decimals=decimals)
+    readings, units = fit_u64(readings, ledgers, ratio=ratio, decimals=decimals)
     by_wallet: dict[str, list[PendingReading]] = {}
     for r in sorted(readings, key=lambda r: r.id):
         by_wallet.setdefault(r.wallet, []).append(r)

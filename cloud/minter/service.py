@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -29,7 +30,7 @@ from solders.transaction import VersionedTransaction
 from cloud.chain.base import ChainBackend, ChainError, ChainUnavailable, MintIdentity, RecentBlockhash, SignatureStatus
 from cloud.chain.tx import budget_of, build_mint_tx, max_wallets_per_tx
 from cloud.chain.ws import SignatureWatcher
-from cloud.minter import metrics, store
+from cloud.minter import MinterRefused, economics, metrics, store
 from cloud.minter.budget import Budget
 from cloud.minter.status import export, read_status
 from cloud.settings import CloudSettings, websocket_url
@@ -58,6 +59,7 @@ class Minter:
         self._signed_here: set[str] = set()  # signatures this process signed and has not broadcast yet
         self._clean: dict[str, int] = {}  # signature -> watcher generation in which nothing can be missed
         self.confirmed_batches = 0
+        self._settings_checked = False
 
     # -- planning ---------------------------------------------------------------------------
     async def plan(self, *, reading_ids: Sequence[int] | None = None, meter_id: str | None = None,
@@ -65,8 +67,11 @@ class Minter:
         if not await self.budget.check_fee_payer():
             return []
         await self.budget.prepare()
-        recent = await self.backend.latest_blockhash()
         tok = self.settings.tokenization
+        if not self._settings_checked:  # records them on first use; SettingsError when they disagree
+            await economics.ensure_recorded(self.pool, self.identity, tok)
+            self._settings_checked = True
+        recent = await self.backend.latest_blockhash()
         completed: list[float] = []
         ids = await store.plan_batches(
             self.pool, limit=limit or tok.batch_size, settings=tok, mint=str(self.identity.mint),
@@ -308,12 +313,27 @@ class Minter:
             await asyncio.sleep(self.settings.chain.confirm_poll_secs)
 
 
+def refuse(sentence: str) -> MinterRefused:
+    log.error("minter refuses to start: %s", sentence)
+    sys.stderr.write(f"minter refuses to start: {sentence}\n")
+    sys.stderr.flush()
+    return MinterRefused(sentence)
+
+
 async def run_minter(settings: CloudSettings, stop: asyncio.Event) -> None:
-    """Entry point for `gridtokenx cloud run --role mint|all`: runs until `stop` is set."""
+    """Entry point for `gridtokenx cloud run --role mint|all`: runs until `stop` is set.
+
+    Refuses to start (exit status 2, one sentence on stderr) when the economic settings are unsafe or
+    disagree with the recorded ones or with the mint on chain (cloud.minter.economics)."""
     from cloud.chain.factory import open_backend
+    from cloud.chain.identity import IdentityError
     from cloud.db import create_pool
 
-    backend = await _open_when_reachable(settings, stop, open_backend)
+    try:
+        economics.check_config(settings.tokenization)
+        backend = await _open_when_reachable(settings, stop, open_backend)
+    except (economics.SettingsError, IdentityError) as exc:
+        raise refuse(str(exc)) from None
     if backend is None:
         return
     try:
@@ -323,7 +343,12 @@ async def run_minter(settings: CloudSettings, stop: asyncio.Event) -> None:
             watcher = SignatureWatcher(websocket_url(settings.chain))
             watcher.start()
         try:
+            try:
+                await economics.ensure_recorded(pool, backend.identity, settings.tokenization)
+            except economics.SettingsError as exc:
+                raise refuse(str(exc)) from None
             minter = Minter(pool, backend, settings, watcher)
+            await economics.record_runtime(pool, minter.authority, settings.tokenization)
             log.info("minter started: mint %s, authority %s, backend %s, %d wallets per transaction, "
                      "confirmation by %s", minter.identity.mint, minter.authority, settings.chain.backend,
                      minter.max_wallets, "subscription" if watcher else "polling")

@@ -14,6 +14,7 @@ from decimal import Decimal
 import asyncpg
 from solders.pubkey import Pubkey
 
+from cloud.minter import economics
 from cloud.minter.planner import BatchPlan, MeterLedger, PendingReading
 from cloud.minter.retry import RetryDecision, after_failure
 from cloud.settings import TokenizationSettings
@@ -91,9 +92,12 @@ async def plan_batches(pool: asyncpg.Pool, *, limit: int, settings: Tokenization
     Batches with nothing to send (all dust, e.g. consumers exporting 0 Wh) complete at once; the
     ingest→minted latencies of their readings are appended to `completed` for the caller's metrics.
     """
-    from cloud.minter.planner import plan
+    from cloud.minter.planner import plan, unmintable
 
     async with pool.acquire() as conn, conn.transaction():
+        records = await economics.load(conn)
+        if not records:
+            raise economics.SettingsError("no economic settings are recorded; the minter records them when it starts")
         rows = await conn.fetch(_CLAIM, limit, list(reading_ids) if reading_ids is not None else None,
                                 meter_id, manual)
         if not rows:
@@ -102,32 +106,51 @@ async def plan_batches(pool: asyncpg.Pool, *, limit: int, settings: Tokenization
         await conn.execute("INSERT INTO meter_mint_ledger (meter_id) SELECT unnest($1::text[]) "
                            "ON CONFLICT DO NOTHING", meters)
         # A meter with an open batch, or whose ledger another minter is planning, waits.
-        free = await conn.fetch("SELECT meter_id, minted_wh, minted_units FROM meter_mint_ledger "
-                                "WHERE meter_id = ANY($1) AND open_batch_id IS NULL "
-                                "FOR UPDATE SKIP LOCKED", meters)
-        ledgers = {f["meter_id"]: MeterLedger(f["minted_wh"], int(f["minted_units"])) for f in free}
+        free = {f["meter_id"] for f in await conn.fetch(
+            "SELECT meter_id FROM meter_mint_ledger WHERE meter_id = ANY($1) AND open_batch_id IS NULL "
+            "FOR UPDATE SKIP LOCKED", meters)}
+        # Each reading is minted under the settings record in force for its id; one record per meter
+        # and pass (the oldest first), so a batch's ledger increments belong to one record.
+        record_of = {r["id"]: economics.in_force(records, r["id"]) for r in rows}
+        first: dict[str, int] = {}
+        for r in rows:
+            if r["meter_id"] in free:
+                first[r["meter_id"]] = min(first.get(r["meter_id"], 1 << 62), record_of[r["id"]].id)
         pending = [PendingReading(r["id"], r["meter_id"], r["wallet_address"], r["export_wh"])
-                   for r in rows if r["meter_id"] in ledgers]
-        bad = [p for p in pending if not _is_pubkey(p.wallet)]
-        if bad:
-            # Bad data, not a crash: these readings go to manual review with the reason.
+                   for r in rows if r["meter_id"] in first and record_of[r["id"]].id == first[r["meter_id"]]]
+        dead = {p.id: f"wallet address {p.wallet!r} is not a valid Solana public key"
+                for p in pending if not _is_pubkey(p.wallet)}
+        for rec in records:
+            mine = [p for p in pending if record_of[p.id].id == rec.id and p.id not in dead]
+            dead |= unmintable(mine, ratio=rec.ratio, decimals=rec.decimals)
+        if dead:
+            # Bad data, not a crash: these readings go to manual review with the reason; others go on.
             await conn.executemany(
                 "INSERT INTO minting_retry_queue (reading_id, attempts, error_message, dead_lettered)"
                 " VALUES ($1, 1, $2, TRUE) ON CONFLICT (reading_id) DO UPDATE SET dead_lettered = TRUE,"
-                " error_message = EXCLUDED.error_message, updated_at = now()",
-                [(p.id, f"wallet address {p.wallet!r} is not a valid Solana public key") for p in bad])
-            pending = [p for p in pending if _is_pubkey(p.wallet)]
-        plans = plan(pending, ledgers, ratio=settings.ratio, decimals=settings.decimals, fits=fits,
-                     max_batches=settings.max_batches_per_poll)
-        ids = []
-        for p in plans:
-            ids.append(await _write_batch(conn, p, mint=mint, authority=authority, sign=sign, manual=manual,
-                                          completed=completed))
+                " error_message = EXCLUDED.error_message, updated_at = now()", sorted(dead.items()))
+            pending = [p for p in pending if p.id not in dead]
+        ids: list[int] = []
+        for rec in records:
+            group = [p for p in pending if record_of[p.id].id == rec.id]
+            if not group:
+                continue
+            group_meters = sorted({p.meter_id for p in group})
+            ledgers = {g["meter_id"]: MeterLedger(g["minted_wh"], int(g["minted_units"])) for g in await conn.fetch(
+                "SELECT meter_id, minted_wh, minted_units FROM meter_mint_ledger_settings"
+                " WHERE meter_id = ANY($1) AND settings_id = $2", group_meters, rec.id)}
+            plans = plan(group, ledgers, ratio=rec.ratio, decimals=rec.decimals, fits=fits,
+                         max_batches=settings.max_batches_per_poll - len(ids))
+            for p in plans:
+                ids.append(await _write_batch(conn, p, mint=mint, authority=authority, sign=sign, manual=manual,
+                                              completed=completed, settings_id=rec.id))
+            if len(ids) >= settings.max_batches_per_poll:
+                break
         return ids
 
 
 async def _write_batch(conn: asyncpg.Connection, p: BatchPlan, *, mint: str, authority: str, sign: Signer,
-                       manual: bool, completed: list[float] | None = None) -> int:
+                       manual: bool, completed: list[float] | None = None, settings_id: int) -> int:
     batch_id = int(await conn.fetchval("SELECT nextval('mint_batches_id_seq')"))
     transfers = p.transfers
     signed = sign(batch_id, transfers) if transfers else None
@@ -136,13 +159,14 @@ async def _write_batch(conn: asyncpg.Connection, p: BatchPlan, *, mint: str, aut
     await conn.execute(
         "INSERT INTO mint_batches (id, mint_address, authority, memo, reading_ids, reading_units, wallets,"
         " amounts, meter_ids, meter_wh, meter_units, blockhash, last_valid_block_height, signature,"
-        " tx_bytes, sign_attempts, manual)"
-        " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17)",
+        " tx_bytes, sign_attempts, manual, settings_id)"
+        " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18)",
         batch_id, mint, authority, memo_for(batch_id), p.reading_ids, _dec(p.reading_units), wallets,
         _dec([p.wallet_amounts[w] for w in wallets]), meters, [p.meter_wh[m] for m in meters],
         _dec([p.meter_units[m] for m in meters]),
         signed.blockhash if signed else None, signed.last_valid_block_height if signed else None,
-        signed.signature if signed else None, signed.raw if signed else None, 1 if signed else 0, manual)
+        signed.signature if signed else None, signed.raw if signed else None, 1 if signed else 0, manual,
+        settings_id)
     if signed:
         await conn.execute("INSERT INTO mint_batch_signatures (signature, batch_id, blockhash,"
                            " last_valid_block_height) VALUES ($1,$2,$3,$4)",
@@ -221,7 +245,7 @@ async def _apply_confirmation(conn: asyncpg.Connection, batch_id: int, signature
         "UPDATE mint_batches SET status = 'confirmed', slot = $3, block_time = to_timestamp($4),"
         " confirmed_at = now(), updated_at = now(), error = NULL"
         " WHERE id = $1 AND signature IS NOT DISTINCT FROM $2 AND status IN ('planned', 'sent')"
-        " RETURNING reading_ids, reading_units, meter_ids, meter_wh, meter_units",
+        " RETURNING reading_ids, reading_units, meter_ids, meter_wh, meter_units, settings_id",
         batch_id, signature, slot, block_time)
     if row is None:
         return None
@@ -239,6 +263,13 @@ async def _apply_confirmation(conn: asyncpg.Connection, batch_id: int, signature
         " FROM unnest($2::text[], $3::bigint[], $4::numeric[]) AS u(meter_id, wh, units)"
         " WHERE l.meter_id = u.meter_id AND l.open_batch_id = $1",
         batch_id, row["meter_ids"], row["meter_wh"], row["meter_units"])
+    await conn.execute(
+        "INSERT INTO meter_mint_ledger_settings AS l (meter_id, settings_id, minted_wh, minted_units)"
+        " SELECT u.meter_id, $1, u.wh, u.units"
+        " FROM unnest($2::text[], $3::bigint[], $4::numeric[]) AS u(meter_id, wh, units)"
+        " ON CONFLICT (meter_id, settings_id) DO UPDATE SET minted_wh = l.minted_wh + EXCLUDED.minted_wh,"
+        " minted_units = l.minted_units + EXCLUDED.minted_units",
+        row["settings_id"], row["meter_ids"], row["meter_wh"], row["meter_units"])
     await conn.execute("DELETE FROM minting_retry_queue WHERE reading_id = ANY($1)", row["reading_ids"])
     return [float(r["latency"]) for r in latencies]
 

@@ -69,12 +69,14 @@ def _fleet(meters: int, readings: int, batch_size: int) -> tuple[list[MeterRow],
     per_meter = -(-readings // meters)
     now = int(time.time())
     items: list[BatchItem] = []
+    # Consecutive, non-overlapping intervals per meter (the cloud rejects overlaps), within the age limit.
+    step = INTERVAL // max(1, per_meter // 100 + 1)
     for seq in range(1, per_meter + 1):
-        end = now - (per_meter - seq + 1) * INTERVAL // max(1, per_meter // 100 + 1) - 60
+        end = now - (per_meter - seq + 1) * step - 60
         for row, secret in zip(rows, secrets_, strict=True):
             if len(items) == readings:
                 break
-            reading = Reading(meter_id=row.meter_id, seq=seq, start=end - INTERVAL, end=end, export_wh=100,
+            reading = Reading(meter_id=row.meter_id, seq=seq, start=end - step, end=end, export_wh=100,
                               export_register_wh=seq * 100)
             items.append(BatchItem(row.meter_id, seq, sign_reading(reading, secret)))
     batches = [encode(Batch(gateway_id=GATEWAY, batch_id=f"{GATEWAY}-{n:06d}", sent_at=now,

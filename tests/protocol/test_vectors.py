@@ -30,7 +30,7 @@ def test_verify_vectors_command_exits_zero_and_prints_each_verdict() -> None:
     result = subprocess.run([sys.executable, "-m", "protocol", "verify-vectors", str(VECTORS)],
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "19 of 19 vectors agree" in result.stdout
+    assert "21 of 21 vectors agree" in result.stdout
     assert "FAIL" not in result.stdout
 
 

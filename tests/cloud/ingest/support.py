@@ -30,6 +30,10 @@ from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[3]
 INTERVAL = 300
+#: Default interval ends: seq N ends at _ANCHOR - (_SEQS - N) × INTERVAL, so a meter's readings are
+#: consecutive, non-overlapping intervals in seq order (seq 1..1500 lie within the last 5.3 days).
+_SEQS = 1_500
+_ANCHOR = int(time.time()) // INTERVAL * INTERVAL - 600
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,7 @@ class Meter:
                         self.capacity_w)
 
     def reading(self, seq: int, export_wh: int, register: int, *, end: int | None = None) -> Reading:
-        end = end if end is not None else int(time.time()) - 600
+        end = end if end is not None else _ANCHOR - (_SEQS - seq) * INTERVAL
         return Reading(meter_id=self.meter_id, seq=seq, start=end - INTERVAL, end=end, export_wh=export_wh,
                        export_register_wh=register)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,6 +14,8 @@ import asyncpg
 from solders.keypair import Keypair
 
 from cloud.settings import ChainSettings, CloudSettings, TokenizationSettings
+from protocol.reading import Reading
+from protocol.wire import sign_reading
 
 
 def minter_settings(database_url: str, state_dir: Path, **tokenization: object) -> CloudSettings:
@@ -37,15 +40,23 @@ async def add_fleet(dsn: str, *, meters: int, readings_per_meter: int, wallets: 
     try:
         await conn.executemany(
             "INSERT INTO meters (meter_id, public_key, wallet_address, meter_type, capacity_w, status)"
-            " VALUES ($1, $2, $3, 'solar', 10000, $4)",
-            [(m, str(Keypair().pubkey()), w, status) for m, w in fleet.items()])
+            " VALUES ($1, $2, $3, 'solar', 20000, $4)",  # 5,000 Wh per 15 min
+            [(m, str(meter_key(m).pubkey()), w, status) for m, w in fleet.items()])
+        await conn.executemany("INSERT INTO meter_keys (meter_id, public_key) VALUES ($1, $2)",
+                               [(m, str(meter_key(m).pubkey())) for m in fleet])
         return await add_readings(conn, fleet, readings_per_meter, rng, max_wh)
     finally:
         await conn.close()
 
 
+def meter_key(meter_id: str) -> Keypair:
+    """A meter's Ed25519 key, derived from its id (a Solana keypair is an Ed25519 keypair)."""
+    return Keypair.from_seed(hashlib.sha256(meter_id.encode()).digest())
+
+
 async def add_readings(conn: asyncpg.Connection, fleet: dict[str, str], per_meter: int, rng: random.Random,
                        max_wh: int, start_seq: int = 1) -> Fleet:
+    """Readings as ingest would store them: real signed payloads (reconcile re-reads the evidence)."""
     rows = []
     wh: dict[str, int] = {}
     t0 = datetime(2026, 11, 27, tzinfo=UTC)
@@ -54,12 +65,15 @@ async def add_readings(conn: asyncpg.Connection, fleet: dict[str, str], per_mete
             e = rng.randint(0, max_wh)
             wh[m] = wh.get(m, 0) + e
             end = t0 + timedelta(minutes=15 * seq)
-            rows.append((m, seq, w, end - timedelta(minutes=15), end, e))
+            start = end - timedelta(minutes=15)
+            payload = sign_reading(Reading(m, seq, int(start.timestamp()), int(end.timestamp()), e,
+                                           export_register_wh=0), bytes(meter_key(m)))
+            rows.append((m, seq, w, start, end, e, payload, payload.rsplit(b"\n", 1)[1].decode()))
     ids = await conn.fetch(
         "INSERT INTO meter_readings (meter_id, seq, wallet_address, interval_start, interval_end, export_wh,"
-        " format, payload, signature) SELECT m, s, w, a, b, e, 'v1', '\\x00'::bytea, 'sig'"
-        " FROM unnest($1::text[], $2::bigint[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::bigint[])"
-        " AS u(m, s, w, a, b, e) RETURNING id",
+        " format, payload, signature) SELECT m, s, w, a, b, e, 'v1', p, g"
+        " FROM unnest($1::text[], $2::bigint[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::bigint[],"
+        " $7::bytea[], $8::text[]) AS u(m, s, w, a, b, e, p, g) RETURNING id",
         *[list(col) for col in zip(*rows, strict=True)])
     return Fleet(fleet, wh, [r["id"] for r in ids])
 

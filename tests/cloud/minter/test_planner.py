@@ -64,3 +64,25 @@ def test_zero_amount_wallets_need_no_instruction() -> None:
     readings = [PendingReading(1, "m", "w", 0)]
     (batch,) = plan(readings, {"m": MeterLedger()}, ratio=Fraction(1), decimals=9, fits=lambda t: True, max_batches=1)
     assert batch.transfers == [] and batch.reading_ids == [1]
+
+
+def test_u64_guards_split_full_wallets_and_name_unmintable_readings() -> None:
+    from cloud.minter.economics import SettingsError, check_config
+    from cloud.minter.planner import U64_MAX, fit_u64, unmintable
+    from cloud.settings import TokenizationSettings
+
+    ratio = Fraction(10**9)  # 10^9 tokens per kWh: 1 Wh = 10^15 base units at 9 decimals
+    big = PendingReading(1, "m1", "w1", 20_000)  # 2 × 10^19: never fits
+    small = [PendingReading(i, "m2", "w2", 9_000) for i in range(2, 5)]  # 9 × 10^18 each
+    assert set(unmintable([big, *small], ratio=ratio, decimals=9)) == {1}
+    kept, units = fit_u64(small, {}, ratio=ratio, decimals=9)
+    assert [r.id for r in kept] == [2, 3] and sum(units.values()) <= U64_MAX  # the third waits
+    plans = plan(small, {}, ratio=ratio, decimals=9, fits=lambda t: True, max_batches=5)
+    assert all(a <= U64_MAX for p in plans for a in p.wallet_amounts.values())
+    check_config(TokenizationSettings(decimals=12))
+    for bad in (TokenizationSettings(decimals=18), TokenizationSettings(decimals=256)):
+        try:
+            check_config(bad)
+        except SettingsError:
+            continue
+        raise AssertionError(f"{bad.decimals} decimals accepted")

@@ -1,6 +1,7 @@
-"""A real backend configured wrong (the mint authority keypair is not the mint's authority): every batch
+"""The mint's authority moves on chain while the minter runs (started with the right one): every batch
 lands with an on-chain error, readings follow the backoff schedule, then are dead-lettered with an
-alert; after the fix, a manual mint of a dead-lettered reading succeeds."""
+alert; after the fix, a manual mint of a dead-lettered reading succeeds. A minter *started* with an
+authority that is not the mint's refuses to start (tests/cloud/minter/test_economics.py)."""
 
 from __future__ import annotations
 
@@ -9,17 +10,21 @@ import json
 from pathlib import Path
 
 import asyncpg
+import spl.token.instructions as spl
 from click.testing import CliRunner
 from solders.keypair import Keypair
+from solders.message import MessageV0
+from solders.transaction import VersionedTransaction
+from spl.token.models import AuthorityType, SetAuthorityParams
 
+from cloud.chain.base import ChainBackend
 from cloud.chain.factory import open_backend
-from cloud.chain.identity import AUTHORITY_FILE
-from cloud.db import migrate
+from cloud.db import create_pool, migrate
 from cloud.mint_cli import status, why
 from cloud.minter import metrics
 from cloud.minter.admin import manual_mint
 from cloud.minter.retry import backoff_seconds
-from cloud.minter.service import run_minter
+from cloud.minter.service import Minter
 from tests.cloud.minter.conftest import add_fleet, minter_settings
 from tests.helpers import async_wait_for
 
@@ -38,23 +43,21 @@ def test_wrong_authority_retries_with_backoff_then_dead_letters(database_url: st
     settings = minter_settings(database_url, state, batch_size=100, max_retry_attempts=MAX_ATTEMPTS,
                                initial_retry_delay_minutes=INITIAL_MIN, max_retry_delay_minutes=CAP_MIN)
 
-    good = ""
-
     async def scenario() -> None:
-        nonlocal good
         await migrate(database_url)
         fleet = await add_fleet(database_url, meters=3, readings_per_meter=2, seed=11)
-        # Create the mint with the right authority, then swap in a funded stranger's keypair.
+        # The minter starts with the right authority; then the mint authority moves to a stranger.
         backend = await open_backend(settings)
-        good = (state / AUTHORITY_FILE).read_text()
+        good = backend.identity.authority
         stranger = Keypair()
         await backend.airdrop(stranger.pubkey(), 10**9)
-        await backend.close()
-        (state / AUTHORITY_FILE).write_text(json.dumps(list(bytes(stranger))))
+        pool = await create_pool(database_url)
+        minter = Minter(pool, backend, settings)
+        await _set_authority(backend, good, stranger)
         dead_before = metrics.DEAD_LETTER._value.get()
 
         stop = asyncio.Event()
-        task = asyncio.create_task(run_minter(settings, stop))
+        task = asyncio.create_task(minter.run(stop))
         conn = await asyncpg.connect(database_url)
         try:
             async def all_dead() -> bool:
@@ -79,8 +82,11 @@ def test_wrong_authority_retries_with_backoff_then_dead_letters(database_url: st
                 assert gap >= backoff_seconds(k, initial_minutes=INITIAL_MIN, max_minutes=CAP_MIN) - 0.01, (k, gap)
             assert metrics.DEAD_LETTER._value.get() - dead_before == len(fleet.reading_ids)
             assert metrics.ALERT.labels(name="dead_letter")._value.get() == 1
+            await _set_authority(backend, stranger, good)  # the fix
         finally:
             await conn.close()
+            await pool.close()
+            await backend.close()
 
     asyncio.run(scenario())
     runner = CliRunner()
@@ -91,12 +97,21 @@ def test_wrong_authority_retries_with_backoff_then_dead_letters(database_url: st
     result = runner.invoke(why, [str(first), "--database-url", database_url])
     assert "dead-lettered after 4 failed attempts" in result.output, result.output
 
-    # Fix the configuration; a manual mint takes the dead-lettered reading.
-    (state / AUTHORITY_FILE).write_text(good)
+    # Fixed; a manual mint takes the dead-lettered reading.
     outcome = asyncio.run(manual_mint(settings, reading_ids=[first], meter_id=None, wait_secs=20))
     assert outcome.complete, outcome.describe()
     result = runner.invoke(why, [str(first), "--database-url", database_url])
     assert "was minted in tx" in result.output, result.output
+
+
+async def _set_authority(backend: ChainBackend, current: Keypair, new: Keypair) -> None:
+    mint = backend.identity.mint
+    ix = spl.set_authority(SetAuthorityParams(program_id=backend.identity.token_program, account=mint,
+                                              authority=AuthorityType.MINT_TOKENS,
+                                              current_authority=current.pubkey(), new_authority=new.pubkey()))
+    recent = await backend.latest_blockhash()
+    message = MessageV0.try_compile(current.pubkey(), [ix], [], recent.blockhash)
+    await backend.send(bytes(VersionedTransaction(message, [current])))
 
 
 async def _first_id(dsn: str) -> int:
