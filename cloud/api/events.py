@@ -1,0 +1,204 @@
+"""Live events from PostgreSQL to WebSocket clients, in every API process.
+
+Producers are triggers (migrations/040_api.sql): an accepted or rejected reading, a confirmed mint
+batch, whichever ingest or minter process wrote it. Each event is a row of `api_events` with an id
+that becomes visible in id order, and a NOTIFY on `gridtokenx_events` wakes the hubs.
+
+`EventHub` (one per API process) LISTENs, reads rows after its position and puts each into the
+queue of every matching subscription. A subscription that starts with a client's last event id
+first gets the stored events between that id and the hub's position (`replay`), then the live
+ones; ids at or below what was sent are skipped, so every event reaches the client exactly once.
+A client too slow to keep up is dropped (its queue is bounded) and resumes with its last id.
+
+`AlertWatcher` turns the minter's alert thresholds (`cloud status`) into raised/cleared events,
+exactly once across processes (compare-and-swap on `api_alert_state`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import asyncpg
+import msgspec
+
+from cloud.minter.status import read_status
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "gridtokenx_events"
+QUEUE_LIMIT = 10_000
+_PAGE = 1000
+_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+
+
+class Event(msgspec.Struct, frozen=True):
+    """One notification: `kind` is reading.accepted, reading.rejected, batch.minted, alert.raised or
+    alert.cleared; `data` holds its fields (reason, signature, slot, ...)."""
+
+    id: int
+    kind: str
+    at: float
+    data: dict[str, Any]
+    meters: list[str] = []
+    wallets: list[str] = []
+
+
+FilterKind = Literal["all", "wallet", "meter"]
+
+
+@dataclass(eq=False)
+class Subscription:
+    kind: FilterKind
+    value: str | None = None
+    queue: asyncio.Queue[Event] = field(default_factory=lambda: asyncio.Queue(QUEUE_LIMIT))
+    dropped: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def matches(self, ev: Event) -> bool:
+        if self.kind == "all":
+            return True
+        if self.kind == "wallet":
+            return self.value in ev.wallets
+        return self.value in ev.meters
+
+
+_SELECT = ("SELECT id, kind, extract(epoch FROM created_at)::float8 AS at, body::text AS body, meters, wallets"
+           " FROM api_events")
+
+
+def _event(r: asyncpg.Record) -> Event:
+    return Event(r["id"], r["kind"], r["at"], json.loads(r["body"]), list(r["meters"]), list(r["wallets"]))
+
+
+def _where(sub: Subscription) -> tuple[str, list[Any]]:
+    if sub.kind == "wallet":
+        return " AND $3 = ANY(wallets)", [sub.value]
+    if sub.kind == "meter":
+        return " AND $3 = ANY(meters)", [sub.value]
+    return "", []
+
+
+async def replay(pool: asyncpg.Pool, sub: Subscription, after: int, upto: int) -> list[Event]:
+    """Stored events with after < id <= upto that match `sub`, oldest first."""
+    where, args = _where(sub)
+    rows = await pool.fetch(_SELECT + " WHERE id > $1 AND id <= $2" + where + " ORDER BY id", after, upto, *args)
+    return [_event(r) for r in rows]
+
+
+class EventHub:
+    def __init__(self, dsn: str, *, poll_secs: float = 1.0) -> None:
+        self.dsn = dsn
+        self.poll_secs = poll_secs
+        self.position = 0
+        self.subscriptions: set[Subscription] = set()
+        self.connected = False
+        self.delivered = 0
+        self._wake = asyncio.Event()
+
+    def subscribe(self, sub: Subscription) -> int:
+        """Register `sub`; returns the hub's position: every event after it will be queued."""
+        self.subscriptions.add(sub)
+        return self.position
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self.subscriptions.discard(sub)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        backoff = 0.5
+        first = True
+        while not stop.is_set():
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(self.dsn, timeout=10)
+                await conn.add_listener(CHANNEL, self._notified)
+                if first:
+                    self.position = int(await conn.fetchval("SELECT coalesce(max(id), 0) FROM api_events"))
+                    first = False
+                self.connected = True
+                backoff = 0.5
+                while not stop.is_set():
+                    await self._drain(conn)
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self.poll_secs)
+            except _DB_ERRORS as exc:
+                log.warning("event hub lost PostgreSQL (%s); reconnecting in %.1f s", exc, backoff)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff)
+                backoff = min(backoff * 2, 15.0)
+            finally:
+                self.connected = False
+                if conn is not None:
+                    with contextlib.suppress(*_DB_ERRORS):
+                        await conn.close(timeout=2)
+
+    def _notified(self, *_: object) -> None:
+        self._wake.set()
+
+    async def _drain(self, conn: asyncpg.Connection) -> None:
+        while True:
+            rows = await conn.fetch(_SELECT + " WHERE id > $1 ORDER BY id LIMIT $2", self.position, _PAGE)
+            for r in rows:
+                self.dispatch(_event(r))
+            if len(rows) < _PAGE:
+                return
+
+    def dispatch(self, ev: Event) -> None:
+        self.position = ev.id
+        for sub in list(self.subscriptions):
+            if not sub.matches(ev):
+                continue
+            try:
+                sub.queue.put_nowait(ev)
+                self.delivered += 1
+            except asyncio.QueueFull:
+                self.subscriptions.discard(sub)
+                sub.dropped.set()
+
+
+async def insert_event(conn: asyncpg.Connection, kind: str, body: dict[str, Any], *,
+                       meters: list[str] | None = None, wallets: list[str] | None = None) -> None:
+    """Write one event from Python (alerts), under the same ordering lock as the triggers."""
+    async with conn.transaction():
+        await conn.execute("SELECT api_events_lock()")
+        await conn.execute("INSERT INTO api_events (kind, meters, wallets, body) VALUES ($1, $2, $3, $4::jsonb)",
+                           kind, meters or [], wallets or [], json.dumps(body, default=str))
+        await conn.execute("SELECT pg_notify($1, '')", CHANNEL)
+
+
+class AlertWatcher:
+    """Every `interval` s: read the four key metrics; raise or clear each alert exactly once."""
+
+    def __init__(self, pool: asyncpg.Pool, *, interval: float = 10.0, retention_days: float = 7.0) -> None:
+        self.pool = pool
+        self.interval = interval
+        self.retention_days = retention_days
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.check()
+            except _DB_ERRORS as exc:
+                log.warning("alert check failed (%s); next try in %.0f s", exc, self.interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.interval)
+
+    async def check(self) -> None:
+        async with self.pool.acquire() as conn:
+            status = await read_status(conn)
+            metrics = status.to_json()
+            for name, firing in status.alerts.items():
+                changed = await conn.fetchrow(
+                    "INSERT INTO api_alert_state (name, firing) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE"
+                    " SET firing = EXCLUDED.firing, changed_at = now() WHERE api_alert_state.firing <> EXCLUDED.firing"
+                    " RETURNING (xmax = 0) AS inserted", name, firing)
+                if changed is None or (changed["inserted"] and not firing):
+                    continue
+                await insert_event(conn, "alert.raised" if firing else "alert.cleared",
+                                   {"alert": name, "firing": firing, "status": metrics})
+            await conn.execute("DELETE FROM api_events WHERE created_at < now() - make_interval(secs => $1)",
+                               self.retention_days * 86400)
