@@ -71,6 +71,7 @@ def make_token(dsn: str, scope: tokens.Scope, name: str | None = None, **kw: Any
 def start_api(dsn: str, tmp_path: Path, *, extra_env: dict[str, str] | None = None,
               args: tuple[str, ...] = ()) -> Api:
     port = free_port()
+    tmp_path.mkdir(parents=True, exist_ok=True)
     log = tmp_path / f"api-{port}.log"
     env = os.environ | {"GRIDTOKENX_CHAIN_STATE_DIR": str(tmp_path / "chain"),
                         "GRIDTOKENX_API_ALERT_INTERVAL_SECS": "0.5"} | (extra_env or {})
