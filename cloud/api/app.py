@@ -35,7 +35,6 @@ from litestar.exceptions import (
 )
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig, ResponseSpec
-from litestar.params import Parameter
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import (
     Components,
@@ -47,6 +46,7 @@ from litestar.openapi.spec import (
     Schema,
     SecurityScheme,
 )
+from litestar.params import Parameter
 from litestar.types import ASGIApp, Receive, Scope, Send
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -166,26 +166,30 @@ class BatchesPage(msgspec.Struct):
     next_before_id: int | None
 
 
+Id = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+Text64 = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+
+
 class MintIn(msgspec.Struct, kw_only=True):
-    reading_ids: list[int] | None = None
-    meter_id: str | None = None
-    wait_secs: float = 30.0
+    reading_ids: Annotated[list[Id], msgspec.Meta(max_length=1000)] | None = None
+    meter_id: Text64 | None = None
+    wait_secs: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 30.0
 
 
 class MeterIn(msgspec.Struct, kw_only=True):
-    meter_id: str
-    public_key: str
-    wallet_address: str
-    meter_type: str = "solar"
-    capacity_w: int
+    meter_id: Text64
+    public_key: Text64
+    wallet_address: Text64
+    meter_type: Annotated[str, msgspec.Meta(min_length=1, max_length=32)] = "solar"
+    capacity_w: Annotated[int, msgspec.Meta(ge=0, le=10**12)]
 
 
 class StatusIn(msgspec.Struct, kw_only=True):
-    reason: str | None = None
+    reason: Annotated[str, msgspec.Meta(max_length=500)] | None = None
 
 
 class RotateIn(msgspec.Struct, kw_only=True):
-    public_key: str
+    public_key: Text64
 
 
 class ReconcileIn(msgspec.Struct, kw_only=True):
@@ -309,8 +313,8 @@ def _errors(*codes: int) -> dict[int, ResponseSpec]:
     return {c: ResponseSpec(data_container=ErrorOut, description=text[c]) for c in codes}
 
 
-_READ = {**_errors(400, 401, 403, 429)}
-_ADMIN = {**_errors(400, 401, 403, 404, 409, 429)}
+_READ = {**_errors(400, 401, 403, 413, 429)}
+_ADMIN = {**_errors(400, 401, 403, 404, 409, 413, 429)}
 
 
 # -- metrics middleware ------------------------------------------------------------------------
@@ -463,8 +467,10 @@ _STATE_SQL = {"minted": " AND minted", "unminted": " AND NOT minted AND mint_bat
 async def meter_readings(request: Request[Any, Any, Any], meter_id: str,
                          reading_state: Annotated[Literal["all", "minted", "in_batch", "unminted", "rejected"],
                                           Parameter(query="state")] = "all",
-                         since: int | None = None, until: int | None = None, before_seq: int | None = None,
-                         limit: int = 100) -> ReadingsPage:
+                         since: Annotated[int | None, Parameter(ge=0, le=2**40)] = None,
+                         until: Annotated[int | None, Parameter(ge=0, le=2**40)] = None,
+                         before_seq: Annotated[int | None, Parameter(ge=0, le=2**63 - 1)] = None,
+                         limit: Annotated[int, Parameter(ge=1, le=1000)] = 100) -> ReadingsPage:
     """A meter's readings, newest first, `limit` per page (1-1000). `since`/`until`: UTC seconds of the
     interval end (rejected: of receipt). `state=rejected` lists the rejection evidence instead."""
     limit = min(max(limit, 1), 1000)
@@ -531,7 +537,8 @@ async def wallet_balance(request: Request[Any, Any, Any], wallet: str) -> Balanc
     minted = await ctx.db.fetchval(
         "SELECT coalesce(sum(w.amount), 0)::numeric FROM mint_batches b, unnest(b.wallets, b.amounts) AS w(wallet,"
         " amount) WHERE b.status = 'confirmed' AND w.wallet = $1", wallet)
-    on_chain, note = await _on_chain_balance(ctx, wallet)
+    on_chain, note = (await _on_chain_balance(ctx, wallet)) if rows or minted else (
+        None, "no meter is registered to this wallet and nothing was minted to it")
     return BalanceOut(wallet, [r["meter_id"] for r in rows], sum(int(r["wh"]) for r in rows), entitled,
                       base_units_to_tokens_text(entitled, tok.decimals), int(minted), on_chain,
                       None if on_chain is None else base_units_to_tokens_text(on_chain, tok.decimals), note)
@@ -576,7 +583,8 @@ _BATCH_SQL = ("SELECT b.id, b.status, b.signature, b.slot, b.wallets, b.amounts,
 @get("/api/mint-batches", opt={"scope": "read"}, security=BEARER, responses=_READ, tags=["minting"])
 async def list_batches(request: Request[Any, Any, Any],
                        status: Literal["planned", "sent", "confirmed", "failed", "expired"] | None = None,
-                       before_id: int | None = None, limit: int = 50) -> BatchesPage:
+                       before_id: Annotated[int | None, Parameter(ge=1, le=2**63 - 1)] = None,
+                       limit: Annotated[int, Parameter(ge=1, le=500)] = 50) -> BatchesPage:
     """Mint batches, newest first, with every signature each was sent with."""
     limit = min(max(limit, 1), 500)
     before = None if before_id is None else max(min(before_id, 2**62), -(2**62))
@@ -589,7 +597,8 @@ async def list_batches(request: Request[Any, Any, Any],
 
 @get("/api/mint-batches/{batch_id:int}", opt={"scope": "read"}, security=BEARER,
      responses={**_READ, **_errors(404)}, tags=["minting"])
-async def get_batch(request: Request[Any, Any, Any], batch_id: int) -> BatchOut:
+async def get_batch(request: Request[Any, Any, Any],
+                    batch_id: Annotated[int, Parameter(ge=1, le=2**63 - 1)]) -> BatchOut:
     if not -(2**63) <= batch_id < 2**63:
         raise NotFoundException(f"no mint batch {batch_id}")
     r = await _ctx(request).db.fetchrow(_BATCH_SQL + " WHERE b.id = $1", batch_id)
@@ -764,7 +773,8 @@ async def admin_reconcile(request: Request[Any, Any, Any], data: ReconcileIn) ->
 
 
 @get("/api/admin/audit", opt={"scope": "admin"}, security=BEARER, responses=_READ, tags=["admin"])
-async def admin_audit(request: Request[Any, Any, Any], limit: int = 100) -> list[AuditOut]:
+async def admin_audit(request: Request[Any, Any, Any],
+                      limit: Annotated[int, Parameter(ge=1, le=1000)] = 100) -> list[AuditOut]:
     """The latest admin calls, newest first."""
     rows = await _ctx(request).db.fetch(
         "SELECT id, token_id, token_name, action, target, params::text AS params, status, outcome,"
@@ -852,6 +862,11 @@ ROUTES = [healthz, metrics, openapi_json, submit_reading, list_meters, get_meter
           admin_revoke, admin_reinstate, admin_rotate, admin_reconcile, admin_audit, events_socket]
 
 
+def _data_error(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorOut]:
+    """Values PostgreSQL cannot hold (a NUL in a text, a number out of range) are the client's error."""
+    return Response(ErrorOut(400, f"a value cannot be stored or searched: {exc}"[:300]), status_code=400)
+
+
 def create_app(cloud: CloudSettings, api: ApiSettings, *, registry: CollectorRegistry | None = None) -> Litestar:
     ctx = ApiContext(cloud, api, ApiMetrics(registry or CollectorRegistry()))
 
@@ -877,6 +892,7 @@ def create_app(cloud: CloudSettings, api: ApiSettings, *, registry: CollectorReg
     return Litestar(
         route_handlers=ROUTES,
         guards=[scope_guard],
+        exception_handlers={asyncpg.DataError: _data_error},
         middleware=[metrics_middleware],
         lifespan=[lifespan],
         state=State({"ctx": ctx}),
