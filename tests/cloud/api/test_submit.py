@@ -67,7 +67,7 @@ def test_raw_and_phase2_readings_share_the_mqtt_rules(api: Api) -> None:
     # Not a Phase 2 body: 400, nothing stored.
     assert api.call("POST", SUBMIT, token=token, body={"meter_serial": "x"})[0] == 400
     # Body size limit.
-    status, too_big, _ = api.call("POST", SUBMIT, token=token, raw=b"x" * 20_000, content_type=OCTET)
+    status, _, _ = api.call("POST", SUBMIT, token=token, raw=b"x" * 20_000, content_type=OCTET)
     assert status == 413
     rejected = asyncio.run(_fetch(api.dsn, "SELECT reason FROM rejected_readings ORDER BY id"))
     assert "register_mismatch" in rejected and "unknown_meter" in rejected and "malformed" not in rejected
