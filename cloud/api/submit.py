@@ -105,16 +105,16 @@ class Submitter:
         batch = Batch(gateway_id=GATEWAY_PREFIX + client, batch_id=f"http-{uuid.uuid4().hex}",
                       sent_at=int(self._clock()), items=[BatchItem(meter_id, seq, payload)])
         parsed = parse_items(batch)
-        async with self._registry_lock, self.pool.acquire() as conn:
-            await self.registry.refresh_if_due(conn)
-            await self.registry.ensure(conn, [meter_id])
-        verified = verify_signatures(parsed, self.registry.get)
-        if verified and self._meter_limit is not None:
-            # Charged only once the meter's key vouched for the reading: nobody else can spend its budget.
-            retry_after = self._meter_limit(meter_id)
-            if retry_after is not None:
-                raise MeterRateLimited(meter_id, retry_after)
         async with self.pool.acquire() as conn:
+            async with self._registry_lock:
+                await self.registry.refresh_if_due(conn)
+                await self.registry.ensure(conn, [meter_id])
+            verified = verify_signatures(parsed, self.registry.get)
+            if verified and self._meter_limit is not None:
+                # Charged only once the meter's key vouched for the reading: nobody else can spend its budget.
+                retry_after = self._meter_limit(meter_id)
+                if retry_after is not None:
+                    raise MeterRateLimited(meter_id, retry_after)
             context = await fetch_context(conn, [signed.key])
             plan = classify(batch, parsed, verified, context, self.registry.get, limits=self.limits,
                             now=int(self._clock()))

@@ -14,4 +14,4 @@ def bench() -> None:
 
 
 attach(bench, ("gridtokenx.bench.e2e", "gridtokenx.bench.verify", "gridtokenx.bench.sim", "gridtokenx.bench.edge",
-               "gridtokenx.bench.ingest", "gridtokenx.bench.mint"))
+               "gridtokenx.bench.ingest", "gridtokenx.bench.mint", "gridtokenx.bench.api"))
