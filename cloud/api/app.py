@@ -810,7 +810,7 @@ async def events_socket(socket: WebSocket[Any, Any, Any]) -> None:
     try:
         if last is not None and last < upto:
             for e in await ev.replay(ctx.db, sub, last, upto):
-                await socket.send_bytes(encode(e))  # text frames below: same JSON
+                await socket.send_text(encode(e).decode())
                 ctx.metrics.ws_events.inc()
             sent = upto
         reader = asyncio.create_task(_drain_client(socket))
