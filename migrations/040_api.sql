@@ -22,6 +22,18 @@ CREATE TABLE api_tokens (
     last_used_at  TIMESTAMPTZ
 );
 
+-- API processes cache validated tokens; a change that can invalidate one tells them at once.
+CREATE FUNCTION api_tokens_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('gridtokenx_tokens', NEW.id::text);
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER api_tokens_changed AFTER UPDATE ON api_tokens FOR EACH ROW
+    WHEN (OLD.revoked_at IS DISTINCT FROM NEW.revoked_at OR OLD.expires_at IS DISTINCT FROM NEW.expires_at
+          OR OLD.scope IS DISTINCT FROM NEW.scope OR OLD.token_sha256 IS DISTINCT FROM NEW.token_sha256)
+    EXECUTE FUNCTION api_tokens_changed();
+
 CREATE TABLE api_audit (
     id          BIGSERIAL PRIMARY KEY,
     token_id    BIGINT REFERENCES api_tokens (id),

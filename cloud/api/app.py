@@ -245,6 +245,7 @@ class ApiContext:
     hub: ev.EventHub | None = None
     clients: Buckets = field(init=False)
     meters: Buckets = field(init=False)
+    token_cache: tokens.TokenCache = field(default_factory=tokens.TokenCache)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -284,7 +285,7 @@ async def scope_guard(conn: ASGIConnection[Any, Any, Any, Any], handler: BaseRou
         raise NotAuthorizedException("an API token is required: Authorization: Bearer <token>",
                                      headers={"WWW-Authenticate": "Bearer"})
     try:
-        info = await tokens.authenticate(ctx.db, secret)
+        info = await ctx.token_cache.authenticate(ctx.db, secret)
     except tokens.TokenRefused as exc:
         ctx.metrics.auth_refused.labels("invalid").inc()
         raise NotAuthorizedException(str(exc), headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from exc
@@ -862,6 +863,10 @@ ROUTES = [healthz, metrics, openapi_json, submit_reading, list_meters, get_meter
           admin_revoke, admin_reinstate, admin_rotate, admin_reconcile, admin_audit, events_socket]
 
 
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    return None
+
+
 def _data_error(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorOut]:
     """Values PostgreSQL cannot hold (a NUL in a text, a number out of range) are the client's error."""
     return Response(ErrorOut(400, f"a value cannot be stored or searched: {exc}"[:300]), status_code=400)
@@ -872,9 +877,12 @@ def create_app(cloud: CloudSettings, api: ApiSettings, *, registry: CollectorReg
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        ctx.pool = await asyncpg.create_pool(cloud.database_url, min_size=1, max_size=api.pool_size)
+        # No session state is ever left on a connection (advisory locks are transaction-scoped), so the
+        # pool skips asyncpg's reset round trip on release.
+        ctx.pool = await asyncpg.create_pool(cloud.database_url, min_size=1, max_size=api.pool_size,
+                                             reset=_no_reset)
         ctx.submitter = Submitter(ctx.pool, cloud, meter_limit=ctx.meters.take)
-        ctx.hub = ev.EventHub(cloud.database_url)
+        ctx.hub = ev.EventHub(cloud.database_url, on_tokens_changed=ctx.token_cache.clear)
         watcher = ev.AlertWatcher(ctx.pool, interval=api.alert_interval_secs,
                                   retention_days=api.events_retention_days)
         ctx.tasks = [asyncio.create_task(ctx.hub.run(ctx.stop)), asyncio.create_task(watcher.run(ctx.stop))]

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -31,6 +32,7 @@ from cloud.minter.status import read_status
 log = logging.getLogger(__name__)
 
 CHANNEL = "gridtokenx_events"
+TOKENS_CHANNEL = "gridtokenx_tokens"
 QUEUE_LIMIT = 10_000
 _PAGE = 1000
 _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
@@ -90,8 +92,10 @@ async def replay(pool: asyncpg.Pool, sub: Subscription, after: int, upto: int) -
 
 
 class EventHub:
-    def __init__(self, dsn: str, *, poll_secs: float = 1.0) -> None:
+    def __init__(self, dsn: str, *, poll_secs: float = 1.0,
+                 on_tokens_changed: Callable[[], None] | None = None) -> None:
         self.dsn = dsn
+        self.on_tokens_changed = on_tokens_changed
         self.poll_secs = poll_secs
         self.position = 0
         self.subscriptions: set[Subscription] = set()
@@ -115,6 +119,8 @@ class EventHub:
             try:
                 conn = await asyncpg.connect(self.dsn, timeout=10)
                 await conn.add_listener(CHANNEL, self._notified)
+                await conn.add_listener(TOKENS_CHANNEL, self._tokens_changed)
+                self._tokens_changed()  # anything may have changed while we were not listening
                 if first:
                     self.position = int(await conn.fetchval("SELECT coalesce(max(id), 0) FROM api_events"))
                     first = False
@@ -138,6 +144,10 @@ class EventHub:
 
     def _notified(self, *_: object) -> None:
         self._wake.set()
+
+    def _tokens_changed(self, *_: object) -> None:
+        if self.on_tokens_changed is not None:
+            self.on_tokens_changed()
 
     async def _drain(self, conn: asyncpg.Connection) -> None:
         while True:

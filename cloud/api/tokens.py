@@ -3,8 +3,9 @@
 A token is `gtx_` + 32 random bytes (base32, no padding). Being high-entropy, a plain SHA-256 of
 it is a sufficient verifier (no salt or slow hash is needed; they protect guessable secrets).
 Scopes: `admin` may do everything, `read` may read and subscribe, `submit` may only post
-readings. Checks happen on every request against PostgreSQL, so a revocation or an expiry takes
-effect on the next request in every API process.
+readings. Each API process caches validated tokens (`TokenCache`, 60 s); a revocation, a new
+expiry or scope fires `NOTIFY gridtokenx_tokens` (migration 040), on which every process drops its
+cache, and expiry is checked on every request, so either takes effect at once everywhere.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -105,3 +107,29 @@ async def authenticate(conn: asyncpg.Connection | asyncpg.Pool, secret: str) -> 
     if info.last_used_at is None or (datetime.now(info.created_at.tzinfo) - info.last_used_at).total_seconds() > 10:
         await conn.execute("UPDATE api_tokens SET last_used_at = now() WHERE id = $1", info.id)
     return info
+
+
+class TokenCache:
+    """Validated tokens by digest, for `ttl` seconds; `clear` on any token change notification."""
+
+    def __init__(self, ttl: float = 60.0) -> None:
+        self.ttl = ttl
+        self._entries: dict[bytes, tuple[float, TokenInfo]] = {}
+
+    def clear(self, *_: object) -> None:
+        self._entries.clear()
+
+    async def authenticate(self, conn: asyncpg.Connection | asyncpg.Pool, secret: str) -> TokenInfo:
+        key = digest(secret)
+        hit = self._entries.get(key)
+        if hit is not None and time.monotonic() - hit[0] < self.ttl:
+            info = hit[1]
+            if info.state != "active":
+                self._entries.pop(key, None)
+                raise TokenRefused(f"API token {info.id} ({info.name}) is {info.state}")
+            return info
+        info = await authenticate(conn, secret)
+        if len(self._entries) > 10_000:
+            self._entries.clear()
+        self._entries[key] = (time.monotonic(), info)
+        return info

@@ -11,6 +11,7 @@ import asyncpg
 from cloud.api import tokens
 from cloud.api.app import PUBLIC_PATHS, ROUTES
 from tests.cloud.api.conftest import Api, make_token
+from tests.helpers import wait_for
 
 METER = {"meter_id": "M-AUTH-1", "public_key": "4zvwRjXUKGfvwnParsHAS3HuSVzV5cA4McphgmoCtajS",
          "wallet_address": "9xQeWvG816bUx9EPjHmaT23yvVM2ZWbrrpZb9PusVFin", "meter_type": "solar",
@@ -57,8 +58,10 @@ def test_refusals_and_audit(api: Api) -> None:
     secret, token_id = make_token(api.dsn, "read", name="soon-revoked")
     assert api.call("GET", "/api/meters", token=secret)[0] == 200
     _rows(api.dsn, "UPDATE api_tokens SET revoked_at = now() WHERE id = $1", token_id)
-    status, body, _ = api.call("GET", "/api/meters", token=secret)
-    assert status == 401 and "revoked" in body["detail"]
+    # Processes cache validated tokens; the revocation's NOTIFY drops the cache (milliseconds).
+    status, body, _ = wait_for(lambda: (r := api.call("GET", "/api/meters", token=secret))[0] == 401 and r,
+                               timeout=5, message="revocation to take effect")
+    assert "revoked" in body["detail"]
     # Admin calls (successful or not) are in the audit table with the token that made them.
     assert api.call("POST", "/api/admin/meters", token=api.secrets["admin"], body=METER)[0] == 200
     status, _, _ = api.call("POST", "/api/admin/meters/M-AUTH-1/suspend", token=api.secrets["admin"],
