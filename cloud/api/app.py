@@ -806,12 +806,11 @@ async def events_socket(socket: WebSocket[Any, Any, Any]) -> None:
         return
     upto = hub.subscribe(sub)
     ctx.metrics.ws_clients.inc()
-    encode = msgspec.json.Encoder().encode
     sent = last if last is not None else upto
     try:
         if last is not None and last < upto:
-            for e in await ev.replay(ctx.db, sub, last, upto):
-                await socket.send_text(encode(e).decode())
+            for out in await ev.replay(ctx.db, sub, last, upto):
+                await socket.send_text(out.text)
                 ctx.metrics.ws_events.inc()
             sent = upto
         reader = asyncio.create_task(_drain_client(socket))
@@ -825,10 +824,10 @@ async def events_socket(socket: WebSocket[Any, Any, Any]) -> None:
                 if dropped not in done:
                     dropped.cancel()
                 if get_ in done:
-                    e = get_.result()
-                    if e.id > sent:
-                        await socket.send_text(encode(e).decode())
-                        sent = e.id
+                    out = get_.result()
+                    if out.id > sent:
+                        await socket.send_text(out.text)
+                        sent = out.id
                         ctx.metrics.ws_events.inc()
                     continue
                 if dropped in done and sub.queue.empty():

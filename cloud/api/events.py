@@ -9,6 +9,9 @@ queue of every matching subscription. A subscription that starts with a client's
 first gets the stored events between that id and the hub's position (`replay`), then the live
 ones; ids at or below what was sent are skipped, so every event reaches the client exactly once.
 A client too slow to keep up is dropped (its queue is bounded) and resumes with its last id.
+Accepted readings are one event per ingest statement holding reading ids (cheap for the ingest
+write); the hub reads those readings' fields once per event and each wallet or meter subscriber
+sees only its own readings (`view`).
 
 `AlertWatcher` turns the minter's alert thresholds (`cloud status`) into raised/cleared events,
 exactly once across processes (compare-and-swap on `api_alert_state`).
@@ -39,8 +42,8 @@ _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.In
 
 
 class Event(msgspec.Struct, frozen=True):
-    """One notification: `kind` is reading.accepted, reading.rejected, batch.minted, alert.raised or
-    alert.cleared; `data` holds its fields (reason, signature, slot, ...)."""
+    """One notification: `kind` is readings.accepted, reading.rejected, batch.minted, alert.raised or
+    alert.cleared; `data` holds its fields (readings, reason, signature, slot, ...)."""
 
     id: int
     kind: str
@@ -51,14 +54,19 @@ class Event(msgspec.Struct, frozen=True):
 
 
 FilterKind = Literal["all", "wallet", "meter"]
+ViewKey = tuple[str, str | None]
 
 
 @dataclass(eq=False)
 class Subscription:
     kind: FilterKind
     value: str | None = None
-    queue: asyncio.Queue[Event] = field(default_factory=lambda: asyncio.Queue(QUEUE_LIMIT))
+    queue: asyncio.Queue[Outgoing] = field(default_factory=lambda: asyncio.Queue(QUEUE_LIMIT))
     dropped: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def key(self) -> ViewKey:
+        return (self.kind, self.value)
 
     def matches(self, ev: Event) -> bool:
         if self.kind == "all":
@@ -68,12 +76,55 @@ class Subscription:
         return self.value in ev.meters
 
 
-_SELECT = ("SELECT id, kind, extract(epoch FROM created_at)::float8 AS at, body::text AS body, meters, wallets"
-           " FROM api_events")
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """An event as one subscription view sends it: the id and the encoded JSON text."""
+
+    id: int
+    text: str
 
 
-def _event(r: asyncpg.Record) -> Event:
-    return Event(r["id"], r["kind"], r["at"], json.loads(r["body"]), list(r["meters"]), list(r["wallets"]))
+_encode = msgspec.json.Encoder().encode
+
+
+def view(ev: Event, key: ViewKey) -> Outgoing:
+    """The event as seen by a wallet or meter subscriber: other wallets' readings and amounts removed."""
+    kind, value = key
+    data = ev.data
+    if kind != "all" and ev.kind == "readings.accepted":
+        field_ = "wallet" if kind == "wallet" else "meter_id"
+        readings = [r for r in data.get("readings", []) if r.get(field_) == value]
+        data = data | {"readings": readings, "count": len(readings)}
+    elif kind == "wallet" and ev.kind == "batch.minted":
+        pairs = [(w, a) for w, a in zip(data.get("wallets", []), data.get("amounts", []), strict=False) if w == value]
+        data = data | {"wallets": [w for w, _ in pairs], "amounts": [a for _, a in pairs]}
+    if data is ev.data and kind == "all":
+        return Outgoing(ev.id, _encode(ev).decode())
+    return Outgoing(ev.id, _encode(Event(ev.id, ev.kind, ev.at, data,
+                                         [value] if kind == "meter" and value else ev.meters,
+                                         [value] if kind == "wallet" and value else ev.wallets)).decode())
+
+
+_SELECT = ("SELECT id, kind, extract(epoch FROM created_at)::float8 AS at, body::text AS body, meters, wallets,"
+           " reading_ids FROM api_events")
+_READINGS = ("SELECT id AS reading_id, meter_id, seq, wallet_address AS wallet, export_wh, format,"
+             " extract(epoch FROM interval_end)::bigint AS interval_end FROM meter_readings"
+             " WHERE id = ANY($1::bigint[]) ORDER BY id")
+
+
+async def _events(conn: asyncpg.Connection | asyncpg.Pool, rows: list[asyncpg.Record]) -> list[Event]:
+    """Rows to events; an accepted-readings event gets its readings' fields (one query for all rows)."""
+    ids = [i for r in rows if r["kind"] == "readings.accepted" for i in r["reading_ids"]]
+    readings: dict[int, dict[str, Any]] = {}
+    if ids:
+        readings = {r["reading_id"]: dict(r) for r in await conn.fetch(_READINGS, ids)}
+    out = []
+    for r in rows:
+        data = json.loads(r["body"])
+        if r["kind"] == "readings.accepted":
+            data["readings"] = [readings[i] for i in r["reading_ids"] if i in readings]
+        out.append(Event(r["id"], r["kind"], r["at"], data, list(r["meters"]), list(r["wallets"])))
+    return out
 
 
 def _where(sub: Subscription) -> tuple[str, list[Any]]:
@@ -84,11 +135,11 @@ def _where(sub: Subscription) -> tuple[str, list[Any]]:
     return "", []
 
 
-async def replay(pool: asyncpg.Pool, sub: Subscription, after: int, upto: int) -> list[Event]:
-    """Stored events with after < id <= upto that match `sub`, oldest first."""
+async def replay(pool: asyncpg.Pool, sub: Subscription, after: int, upto: int) -> list[Outgoing]:
+    """Stored events with after < id <= upto that match `sub`, oldest first, as `sub` sees them."""
     where, args = _where(sub)
     rows = await pool.fetch(_SELECT + " WHERE id > $1 AND id <= $2" + where + " ORDER BY id", after, upto, *args)
-    return [_event(r) for r in rows]
+    return [view(e, sub.key) for e in await _events(pool, rows)]
 
 
 class EventHub:
@@ -152,18 +203,26 @@ class EventHub:
     async def _drain(self, conn: asyncpg.Connection) -> None:
         while True:
             rows = await conn.fetch(_SELECT + " WHERE id > $1 ORDER BY id LIMIT $2", self.position, _PAGE)
-            for r in rows:
-                self.dispatch(_event(r))
+            if not self.subscriptions:
+                if rows:
+                    self.position = rows[-1]["id"]  # nobody to tell; replays read the table
+            else:
+                for ev in await _events(conn, rows):
+                    self.dispatch(ev)
             if len(rows) < _PAGE:
                 return
 
     def dispatch(self, ev: Event) -> None:
         self.position = ev.id
+        views: dict[ViewKey, Outgoing] = {}
         for sub in list(self.subscriptions):
             if not sub.matches(ev):
                 continue
+            out = views.get(sub.key)
+            if out is None:
+                out = views[sub.key] = view(ev, sub.key)
             try:
-                sub.queue.put_nowait(ev)
+                sub.queue.put_nowait(out)
                 self.delivered += 1
             except asyncio.QueueFull:
                 self.subscriptions.discard(sub)

@@ -177,8 +177,68 @@ async def _fanout(url: str, token: str, clients: int, payload: bytes) -> FanoutR
             await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
 
 
+@dataclass(frozen=True, slots=True)
+class TriggerCost:
+    rounds: int
+    readings_per_round: int
+    write_us_with_events: float
+    write_us_without_events: float
+    """µs per reading of the ingest write statement (`cloud.ingest.store.write_plan`), median of the rounds."""
+
+
+async def _trigger_cost(dsn: str, rows: list[MeterRow], rounds: int, per_round: int) -> TriggerCost:
+    """The ingest write of `per_round` new readings (batches of 500) with the event triggers enabled and
+    disabled, alternating in the same database so that the shared machine's noise hits both alike."""
+    from cloud.ingest.pipeline import classify, parse_items, verify_signatures
+    from cloud.ingest.registry import Registry
+    from cloud.ingest.rules import Limits
+    from cloud.ingest.store import fetch_context, write_plan
+    from cloud.settings import TokenizationSettings
+    from protocol.envelopes import Batch, BatchItem
+
+    secrets_ = [secret_key_from_seed(hashlib.sha256(f"api-bench-{i}".encode()).digest())[1]
+                for i in range(len(rows))]
+    conn = await asyncpg.connect(dsn)
+    try:
+        registry = Registry()
+        await registry.load(conn)
+        limits = Limits.from_settings(TokenizationSettings())
+        timings: dict[bool, list[float]] = {True: [], False: []}
+        base_seq = 1_000_000
+        now = int(time.time())
+        for r in range(rounds * 2):
+            with_events = r % 2 == 0
+            await conn.execute(f"ALTER TABLE meter_readings {'ENABLE' if with_events else 'DISABLE'} TRIGGER "
+                               "api_events_readings")
+            items = []
+            for k in range(per_round):
+                row = rows[k % len(rows)]
+                seq = base_seq + r * per_round + k
+                reading = Reading(meter_id=row.meter_id, seq=seq, start=now - 4000, end=now - 3700, export_wh=1)
+                items.append(BatchItem(row.meter_id, seq, sign_reading(reading, secrets_[k % len(rows)])))
+            spent = 0.0
+            for i in range(0, len(items), 500):
+                batch = Batch(gateway_id="bench", batch_id=f"t-{r}-{i}", sent_at=now, items=items[i:i + 500])
+                parsed = parse_items(batch)
+                verified = verify_signatures(parsed, registry.get)
+                context = await fetch_context(conn, [p.signed.key for p in parsed if p.signed is not None])
+                plan = classify(batch, parsed, verified, context, registry.get, limits=limits, now=now)
+                t0 = time.perf_counter()
+                await write_plan(conn, plan)
+                spent += time.perf_counter() - t0
+            timings[with_events].append(spent / per_round * 1e6)
+        await conn.execute("ALTER TABLE meter_readings ENABLE TRIGGER api_events_readings")
+    finally:
+        await conn.close()
+
+    def median(v: list[float]) -> float:
+        return round(sorted(v)[len(v) // 2], 1)
+
+    return TriggerCost(rounds, per_round, median(timings[True]), median(timings[False]))
+
+
 def run_bench(*, admin_dsn: str, meters: int, readings: int, concurrency: int,
-              clients: int) -> tuple[SubmitResult, FanoutResult]:
+              clients: int, trigger_rounds: int = 0) -> tuple[SubmitResult, FanoutResult, TriggerCost | None]:
     rows, payloads = _fleet(meters, readings + 1)
     name, dsn = asyncio.run(db.create_scratch_database(admin_dsn, "gtx_bench_"))
     try:
@@ -188,6 +248,7 @@ def run_bench(*, admin_dsn: str, meters: int, readings: int, concurrency: int,
             try:
                 submit = asyncio.run(_submit(url, token, payloads[:-1], concurrency))
                 fanout = asyncio.run(_fanout(url, token, clients, payloads[-1]))
+                cost = asyncio.run(_trigger_cost(dsn, rows, trigger_rounds, 2000)) if trigger_rounds else None
             finally:
                 proc.terminate()
                 try:
@@ -197,7 +258,7 @@ def run_bench(*, admin_dsn: str, meters: int, readings: int, concurrency: int,
                     proc.wait()
     finally:
         asyncio.run(db.drop_database(admin_dsn, name))
-    return submit, fanout
+    return submit, fanout, cost
 
 
 @click.command("api", help="Cloud API: submit-reading requests/s and p50/p99 latency for one API process, and "
@@ -209,18 +270,23 @@ def run_bench(*, admin_dsn: str, meters: int, readings: int, concurrency: int,
 @click.option("--database-url", "admin_dsn",
               default=lambda: os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
               help="A PostgreSQL DSN allowed to CREATE DATABASE (a scratch database is made and dropped).")
+@click.option("--trigger-rounds", type=int, default=10, show_default=True,
+              help="Also time the ingest write with and without the event triggers (alternating rounds of 2,000 "
+                   "readings); 0 = skip")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
-def api(meters: int, readings: int, concurrency: int, clients: int, admin_dsn: str, as_json: bool) -> None:
+def api(meters: int, readings: int, concurrency: int, clients: int, admin_dsn: str, trigger_rounds: int,
+        as_json: bool) -> None:
     click.echo(f"signing {readings} readings of {meters} meters …", err=True)
     try:
-        submit, fanout = run_bench(admin_dsn=admin_dsn, meters=meters, readings=readings, concurrency=concurrency,
-                                   clients=clients)
+        submit, fanout, cost = run_bench(admin_dsn=admin_dsn, meters=meters, readings=readings,
+                                         concurrency=concurrency, clients=clients, trigger_rounds=trigger_rounds)
     except (OSError, asyncpg.PostgresError) as exc:
         raise click.ClickException(f"cannot use PostgreSQL at {admin_dsn} ({exc}); start it or pass "
                                    "--database-url") from exc
     if as_json:
         click.echo(json.dumps({"benchmark": "api", "cpus": os.cpu_count(), "load_average": os.getloadavg()[0],
-                               "submit": asdict(submit), "fanout": asdict(fanout)}))
+                               "submit": asdict(submit), "fanout": asdict(fanout),
+                               "ingest_write_trigger_cost": asdict(cost) if cost else None}))
         return
     click.echo(f"submit-reading, 1 API process, {submit.concurrency} in flight: {submit.requests} requests in "
                f"{submit.seconds:.2f} s = {submit.requests_per_second:,.0f} req/s; p50 {submit.p50_ms} ms, "
@@ -228,6 +294,10 @@ def api(meters: int, readings: int, concurrency: int, clients: int, admin_dsn: s
     click.echo(f"WebSocket fan-out: {fanout.clients} clients connected in {fanout.connect_seconds} s; one reading "
                f"posted → first client {fanout.first_ms} ms, last client {fanout.last_ms} ms "
                f"({fanout.received} received)")
+    if cost:
+        click.echo(f"ingest write per reading (median of {cost.rounds} rounds of {cost.readings_per_round}): "
+                   f"{cost.write_us_with_events} µs with the event triggers, {cost.write_us_without_events} µs "
+                   "without")
 
 
 COMMANDS: list[click.Command] = [api]

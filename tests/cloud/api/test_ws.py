@@ -51,8 +51,8 @@ def test_wallet_subscriber_hears_the_mint_within_two_seconds(api: Api, tmp_path:
             async with connect(_ws(api, wallet=meter.wallet), open_timeout=10) as ws:
                 answer = await _post(api, meter.v1(1, end, 400, 400))
                 accepted = await _recv(ws)
-                assert accepted["kind"] == "reading.accepted"
-                assert accepted["data"]["reading_id"] == answer["reading_id"]
+                assert accepted["kind"] == "readings.accepted"
+                assert [r["reading_id"] for r in accepted["data"]["readings"]] == [answer["reading_id"]]
                 minted = await _recv(ws, timeout=30)
                 received = time.time()
                 assert minted["kind"] == "batch.minted", minted
@@ -94,13 +94,14 @@ def test_reconnect_with_last_id_gets_missed_events_exactly_once(api: Api, tmp_pa
         async with connect(_ws(other_process, wallet=mine.wallet, last_id=first["id"]), open_timeout=10) as ws:
             replayed = [await _recv(ws) for _ in expected]
             assert [e["id"] for e in replayed] == expected
-            assert [e["kind"] for e in replayed] == ["reading.accepted", "reading.accepted", "reading.rejected"]
+            assert [e["kind"] for e in replayed] == ["readings.accepted", "readings.accepted", "reading.rejected"]
+            assert [e["data"]["readings"][0]["seq"] for e in replayed[:2]] == [2, 3]
             assert replayed[2]["data"]["reason"] == "bad_signature"
             seen += [e["id"] for e in replayed]
             await _post(api, mine.v1(5, end + 1200, 10, 50))
             live = await _recv(ws)
             seen.append(live["id"])
-            assert live["kind"] == "reading.accepted" and live["data"]["seq"] == 5
+            assert live["kind"] == "readings.accepted" and live["data"]["readings"][0]["seq"] == 5
             with_nothing_more = asyncio.wait_for(ws.recv(), 0.5)
             try:
                 extra = await with_nothing_more
