@@ -124,3 +124,48 @@ async def _event_ids(dsn: str, wallet: str, *, after: int) -> list[int]:
             "SELECT id FROM api_events WHERE $1 = ANY(wallets) AND id > $2 ORDER BY id", wallet, after)]
     finally:
         await conn.close()
+
+
+def test_an_alert_is_raised_and_cleared_once_across_processes(api: Api, tmp_path: Path) -> None:
+    """Two API processes watch the minter's alerts; each change is one event, not one per process."""
+    other_process = start_api(api.dsn, tmp_path / "second")
+    other_process.secrets = api.secrets
+    meter = SimMeter("M-ALERT")
+    assert api.call("POST", "/api/admin/meters", token=api.secrets["admin"], body=meter.admin_body())[0] == 200
+    end = int(time.time()) // 300 * 300 - 600
+
+    async def scenario() -> None:
+        async with connect(_ws(api), open_timeout=10) as ws:
+            answer = await _post(api, meter.v1(1, end, 10, 10))
+            assert (await _recv(ws))["kind"] == "readings.accepted"
+            await _sql(api.dsn, "INSERT INTO minting_retry_queue (reading_id, attempts, dead_lettered, error_message)"
+                       " VALUES ($1, 10, TRUE, 'test')", answer["reading_id"])
+            raised = await _until(ws, "alert.raised", "dead_letter")
+            assert raised["data"]["status"]["dead_lettered"] == 1
+            await _sql(api.dsn, "DELETE FROM minting_retry_queue")
+            await _until(ws, "alert.cleared", "dead_letter")
+        # (success_rate fires too: the reading is not minted.) Each change is one event, whichever
+        # process noticed it first.
+        changes = await _sql(api.dsn, "SELECT count(*) FROM api_events WHERE kind LIKE 'alert.%'"
+                             " GROUP BY kind, body->>'alert'")
+        assert changes and set(changes) == {1}
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        stop_api(other_process)
+
+
+async def _until(ws: ClientConnection, kind: str, alert: str) -> dict[str, Any]:
+    while True:
+        event = await _recv(ws)
+        if event["kind"] == kind and event["data"]["alert"] == alert:
+            return event
+
+
+async def _sql(dsn: str, sql: str, *args: Any) -> list[Any]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return [r[0] for r in await conn.fetch(sql, *args)]
+    finally:
+        await conn.close()
