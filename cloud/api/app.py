@@ -510,13 +510,12 @@ async def meter_readings(request: Request[Any, Any, Any], meter_id: str,
      tags=["readings"])
 async def reading_story(request: Request[Any, Any, Any], reading: str) -> StoryOut:
     """One reading's story, as `gridtokenx cloud why` tells it. READING: a reading id or METER_ID:SEQ."""
-    from cloud.minter.admin import _explain
+    from cloud.minter.admin import explain
 
     ctx = _ctx(request)
     if reading.isdigit() and int(reading) >= 2**63:
         raise NotFoundException(f"no reading {reading}")
-    async with ctx.db.acquire() as conn:
-        answer = await _explain(conn, ctx.cloud, reading)
+    answer = await explain(ctx.cloud, reading)  # the command's own function, word for word
     if answer.state == "unknown":
         raise NotFoundException(answer.text)
     detail = json.loads(json.dumps(answer.detail, default=str))
