@@ -50,7 +50,7 @@ def _fuzz(api: Api, admin: str, tmp_path: Path, *, examples: int, max_time: int,
         [exe, "run", f"{api.url}/openapi.json", "-H", f"Authorization: Bearer {admin}", "--checks", CHECKS,
          "--max-examples", str(examples), "--seed", "7", "--workers", "1", "--no-color", "--max-time",
          str(max_time), "--phases", phases, "--report-dir", str(tmp_path), *extra],
-        check=False, capture_output=True, text=True, timeout=240)
+        check=False, capture_output=True, text=True, timeout=240, cwd=tmp_path)  # its cache stays in tmp
     (tmp_path / "schemathesis.txt").write_text(run.stdout)
     failures = run.stdout.split("FAILURES")[-1].split("WARNINGS")[0] if "FAILURES" in run.stdout else ""
     summary = failures[:6000] + run.stdout[-1500:]
