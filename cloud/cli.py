@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from cloud import doctor, ingest_cli, mint_cli
+from cloud.api import cli as api_cli
 
 
 @click.group(help="Cloud: migrations, meter registry, ingest consumer, minter, reconciliation and status.")
@@ -16,5 +17,5 @@ def cloud() -> None:
     pass
 
 
-for command in (*ingest_cli.COMMANDS, *mint_cli.COMMANDS, doctor.doctor):
+for command in (*ingest_cli.COMMANDS, *mint_cli.COMMANDS, doctor.doctor, *api_cli.COMMANDS):
     cloud.add_command(command)
