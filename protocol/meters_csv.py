@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,9 @@ import base58
 
 from protocol.errors import ProtocolFailure
 from protocol.reading import METER_ID_RE
+
+#: Text PostgreSQL and every report can hold: no control characters, no NUL.
+METER_TYPE_RE = re.compile(r"\A[A-Za-z0-9_-]{1,32}\Z")
 
 COLUMNS = ("meter_id", "public_key", "wallet_address", "meter_type", "capacity_w")
 
@@ -70,8 +74,9 @@ def check_row(meter_id: str, public_key: str, wallet_address: str, meter_type: s
         problem = check_base58_32(text, what)
         if problem:
             return problem
-    if not meter_type:
-        return "meter_type is empty"
+    if not METER_TYPE_RE.match(meter_type):
+        return (f"meter_type {meter_type[:40]!r} is not valid (letters, digits, '_', '-'; 1 to 32, "
+                "e.g. solar, consumer, hybrid, battery)")
     try:
         capacity = int(capacity_w)
     except ValueError:

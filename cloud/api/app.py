@@ -899,6 +899,7 @@ def create_app(cloud: CloudSettings, api: ApiSettings, *, registry: CollectorReg
         route_handlers=ROUTES,
         guards=[scope_guard],
         exception_handlers={asyncpg.DataError: _data_error},
+        after_exception=[_log_unhandled],
         middleware=[metrics_middleware],
         lifespan=[lifespan],
         state=State({"ctx": ctx}),
@@ -910,6 +911,12 @@ def create_app(cloud: CloudSettings, api: ApiSettings, *, registry: CollectorReg
             description="Readings in (the GridTokenX Phase 2 submit-reading endpoint), reads, admin operations; "
                         "live events on the WebSocket /api/ws (see docs/api.md)."),
     )
+
+
+async def _log_unhandled(exc: Exception, scope: Any) -> None:
+    """A 500 is a bug: log it with its traceback so it can be found (HTTP errors are answers, not bugs)."""
+    if not isinstance(exc, HTTPException):
+        log.error("unhandled error on %s %s", scope.get("method", "WS"), scope.get("path"), exc_info=exc)
 
 
 def create_app_from_env() -> Litestar:

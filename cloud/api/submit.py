@@ -2,7 +2,7 @@
 
 A reading posted here becomes a one-item `Batch` from the pseudo-gateway `api:<token name>` and
 runs through `cloud.ingest.pipeline` (parse_items → verify_signatures → classify) and
-`cloud.ingest.store` (fetch_context → write_plan), exactly as the MQTT consumer runs a batch; the
+`cloud.ingest.commit` (meter locks → context → rules → write), exactly as the MQTT consumer runs a batch; the
 answer is given after the commit. The stored payload is the meter's signed bytes, so the same bytes
 arriving later by MQTT (or again by HTTP) are a duplicate.
 
@@ -23,10 +23,11 @@ from decimal import Decimal, InvalidOperation
 import asyncpg
 import msgspec
 
-from cloud.ingest.pipeline import classify, parse_items, verify_signatures
+from cloud.ingest.commit import decide_and_write
+from cloud.ingest.pipeline import parse_items, verify_signatures
 from cloud.ingest.registry import Registry
 from cloud.ingest.rules import Limits
-from cloud.ingest.store import fetch_context, write_plan
+from cloud.ingest.store import StaleDecision
 from cloud.settings import CloudSettings
 from protocol.envelopes import Batch, BatchItem
 from protocol.errors import ProtocolError
@@ -107,7 +108,7 @@ class Submitter:
         parsed = parse_items(batch)
         async with self.pool.acquire() as conn:
             async with self._registry_lock:
-                await self.registry.refresh_if_due(conn)
+                await self.registry.sync(conn)  # registry_version moved → refresh now (a new key works at once)
                 await self.registry.ensure(conn, [meter_id])
             verified = verify_signatures(parsed, self.registry.get)
             if verified and self._meter_limit is not None:
@@ -115,10 +116,13 @@ class Submitter:
                 retry_after = self._meter_limit(meter_id)
                 if retry_after is not None:
                     raise MeterRateLimited(meter_id, retry_after)
-            context = await fetch_context(conn, [signed.key])
-            plan = classify(batch, parsed, verified, context, self.registry.get, limits=self.limits,
-                            now=int(self._clock()))
-            await write_plan(conn, plan)
+            # The same transaction as an MQTT batch: meter locks, context, rules, write.
+            try:
+                plan, _ = await decide_and_write(conn, batch, parsed, verified, self.registry.get,
+                                                 limits=self.limits, now=int(self._clock()))
+            except StaleDecision:  # a writer that skipped the locks raced us: decide again, once
+                plan, _ = await decide_and_write(conn, batch, parsed, verified, self.registry.get,
+                                                 limits=self.limits, now=int(self._clock()))
             for quarantined in plan.quarantine:
                 self.registry.mark(quarantined, "quarantined")
             result = plan.results()[0]

@@ -26,13 +26,14 @@ import aiomqtt
 import asyncpg
 
 from cloud.ingest.boundary import BadEnvelope, check_envelope
+from cloud.ingest.commit import decide_and_write
 from cloud.ingest.dbsteps import Abandoned, Database, Poison
 from cloud.ingest.fairness import FairQueue
 from cloud.ingest.metrics import IngestMetrics
-from cloud.ingest.pipeline import Parsed, Plan, classify, parse_items, verify_signatures
+from cloud.ingest.pipeline import Parsed, Plan, parse_items, verify_signatures
 from cloud.ingest.registry import Registry
 from cloud.ingest.rules import Limits
-from cloud.ingest.store import fetch_context, lock_meters, record_bad_envelope, record_dead_letter, write_plan
+from cloud.ingest.store import record_bad_envelope, record_dead_letter
 from cloud.settings import CloudSettings
 from protocol import topics
 from protocol.envelopes import Ack, AckItem, Batch, encode
@@ -360,14 +361,10 @@ class IngestConsumer:
 
     async def persist(self, conn: asyncpg.Connection, prepared: Prepared) -> Plan:
         started = time.perf_counter()
-        keys = [p.signed.key for p in prepared.parsed if p.signed is not None]
         gateway = prepared.batch.gateway_id
-        async with conn.transaction():  # per-meter locks from the context read to the commit
-            await lock_meters(conn, sorted({k[0] for k in keys}))
-            context = await fetch_context(conn, keys)
-            plan = classify(prepared.batch, prepared.parsed, prepared.verified, context, self.registry.get,
-                            limits=self.limits, now=int(self._clock()))
-            over = await write_plan(conn, plan, admit=lambda n: self.evidence.admit(gateway, n))
+        plan, over = await decide_and_write(conn, prepared.batch, prepared.parsed, prepared.verified,
+                                            self.registry.get, limits=self.limits, now=int(self._clock()),
+                                            admit=lambda n: self.evidence.admit(gateway, n))
         if over:
             self.metrics.evidence_over_quota.labels(gateway_id=gateway).inc(over)
             log.warning("gateway %s is over its evidence quota: %d rejected payload(s) stored as length and "

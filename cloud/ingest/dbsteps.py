@@ -19,6 +19,7 @@ from typing import TypeVar
 import asyncpg
 
 from cloud.errors import CloudError
+from cloud.ingest.store import StaleDecision
 from runtime.backoff import Backoff, pause
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,8 @@ _BACKOFF_START, _BACKOFF_MAX = 0.25, 5.0
 
 
 def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, StaleDecision):
+        return True  # rolled back; deciding again from fresh context resolves it
     if isinstance(exc, asyncpg.PostgresError):
         return (exc.sqlstate or "")[:2] in TRANSIENT_SQLSTATE_CLASSES
     if isinstance(exc, ValueError):

@@ -197,24 +197,6 @@ def classify(batch: Batch, parsed: list[Parsed], verified: Collection[int], cont
     return plan
 
 
-def resolve_conflicts(plan: Plan, inserted: set[Key], stored: Mapping[Key, bytes]) -> None:
-    """Accepted rows that another consumer stored first (INSERT … ON CONFLICT skipped them):
-    identical bytes become duplicates, different bytes become equivocation evidence."""
-    still: list[AcceptedRow] = []
-    for row in plan.accepted:
-        key = row.signed.key
-        if key in inserted:
-            still.append(row)
-        elif stored.get(key) == row.signed.payload:
-            plan.duplicates.append(row.index)
-        else:
-            detail = equivocation_detail(key[0], key[1], plan.batch.batch_id)
-            plan.rejected.append(RejectedRow(row.index, key[0], key[1], Reason.EQUIVOCATION, detail,
-                                             row.signed.payload))
-            plan.quarantine[key[0]] = detail
-    plan.accepted = still
-
-
 def equivocation_detail(meter_id: str, seq: int, batch_id: str) -> str:
     return (f"equivocation: meter {meter_id!r} signed different bytes for seq {seq} "
             f"than the stored reading (batch {batch_id})")

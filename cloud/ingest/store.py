@@ -2,10 +2,11 @@
 
 Per batch there are two round trips: one SELECT for the stored context of every parsed key (the
 reading at that key, if any, and its register neighbours), and one statement whose
-data-modifying CTEs write accepted readings, rejected evidence and meter quarantines together. A
-single statement is a single transaction, so the batch commits entirely or not at all. Only
-when another consumer stored one of the same keys meanwhile (a resend racing a slow consumer) is
-there a third, rare, statement to resolve it (see `pipeline.resolve_conflicts`).
+data-modifying CTEs write accepted readings, rejected evidence and meter quarantines together.
+The store only persists what it is given: the decision (`pipeline.classify`) is made under the
+meters' advisory locks (`lock_meters`, see `cloud.ingest.commit`), so no other writer can store one of
+its keys in between. Should one do so anyway (a writer that skipped the locks), the insert finds it,
+raises `StaleDecision` and the transaction rolls back; the caller decides again from fresh context.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from collections.abc import Callable, Sequence
 import asyncpg
 import msgspec
 
+from cloud.errors import CloudError
 from cloud.ingest.boundary import MAX_EVIDENCE_BYTES, BadEnvelope, storable_text
-from cloud.ingest.pipeline import AcceptedRow, Key, Plan, RejectedRow, StoredContext, resolve_conflicts
+from cloud.ingest.pipeline import AcceptedRow, Key, Plan, RejectedRow, StoredContext
 from cloud.ingest.rules import RegisterPoint
 from protocol.wire import MAX_PAYLOAD_BYTES
 
@@ -174,23 +176,20 @@ async def write_plan(conn: asyncpg.Connection, plan: Plan, *, admit: Callable[[i
     rejected, dropped = _rejected_json(plan.rejected, admit)
     rows = await conn.fetch(_WRITE, _accepted_json(acc), rejected, _quarantine_json(plan),
                             batch.gateway_id, batch.batch_id)
-    inserted = {(r["meter_id"], r["seq"]) for r in rows}
-    if len(inserted) == len(acc):
-        return dropped
-    # Another consumer stored some of these keys between our context read and our insert.
-    lost = [a.signed.key for a in acc if a.signed.key not in inserted]
-    stored_rows = await conn.fetch(
-        "SELECT meter_id, seq, payload FROM meter_readings r"
-        " JOIN unnest($1::text[], $2::bigint[]) AS k(m, s) ON r.meter_id = k.m AND r.seq = k.s",
-        [k[0] for k in lost], [k[1] for k in lost])
-    stored = {(r["meter_id"], r["seq"]): bytes(r["payload"]) for r in stored_rows}
-    before = len(plan.rejected)
-    resolve_conflicts(plan, inserted, stored)
-    if len(plan.rejected) > before:
-        rejected, more = _rejected_json(plan.rejected[before:], admit)
-        await conn.execute(_WRITE, "[]", rejected, _quarantine_json(plan), batch.gateway_id, batch.batch_id)
-        dropped += more
+    if len(rows) != len(acc):
+        lost = sorted({a.signed.key for a in acc} - {(r["meter_id"], r["seq"]) for r in rows})
+        raise StaleDecision(lost)
     return dropped
+
+
+class StaleDecision(CloudError):
+    """Another writer stored some of the plan's keys after its context was read: nothing of the plan may
+    be kept (raise inside the transaction), and the batch is decided again from fresh context."""
+
+    def __init__(self, keys: list[Key]) -> None:
+        super().__init__(f"{len(keys)} reading(s) were stored by another writer meanwhile, e.g. {keys[0]}; "
+                         "deciding again")
+        self.keys = keys
 
 
 _DEAD_LETTER = """

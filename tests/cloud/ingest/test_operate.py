@@ -9,11 +9,13 @@ from pathlib import Path
 
 import aiomqtt
 import asyncpg
+import pytest
 
+from cloud.ingest.commit import decide_and_write
 from cloud.ingest.pipeline import classify, parse_items, verify_signatures
 from cloud.ingest.registry import Registry
 from cloud.ingest.rules import Limits
-from cloud.ingest.store import write_plan
+from cloud.ingest.store import StaleDecision, write_plan
 from cloud.settings import TokenizationSettings
 from gridtokenx.harness.brokers import Mosquitto, free_port, generate_dev_certs
 from protocol import topics
@@ -78,37 +80,40 @@ def test_sigterm_drains_every_committed_batch_is_acked(
     asyncio.run(deliver_and_stop())
 
 
-def test_a_key_stored_by_another_consumer_meanwhile_is_duplicate_or_equivocation(migrated_db: str) -> None:
-    """The race the context read cannot see: the INSERT … ON CONFLICT skips the row and the
-    plan is corrected in the same call."""
+async def test_a_key_stored_by_another_writer_meanwhile_is_decided_again(migrated_db: str) -> None:
+    """The race the context read cannot see (a writer that skipped the meter locks): the insert finds
+    the key taken, nothing of the stale plan is kept, and deciding again gives duplicate or equivocation."""
     m = Meter.make("race")
-    asyncio.run(register(migrated_db, [m]))
+    await register(migrated_db, [m])
     gw = Gateway("127.0.0.1", 1, GATEWAY, "")
     same = m.item(1, 10, 10)
     stored_first = gw.batch("first", [same, m.item(2, 20, 30)])
     racing = gw.batch("second", [same, m.item(2, 21, 31)])
-
-    async def scenario() -> list[tuple[str, Reason | None]]:
-        conn = await asyncpg.connect(migrated_db)
-        try:
-            registry = Registry()
-            await registry.load(conn)
-            limits = Limits.from_settings(TokenizationSettings())
-            plans = []
-            for batch in (stored_first, racing):
-                parsed = parse_items(batch)
-                # Both plans are made before either is written: neither sees the other's rows.
-                plans.append(classify(batch, parsed, verify_signatures(parsed, registry.get), {}, registry.get,
-                                      limits=limits, now=int(time.time())))
-            for plan in plans:
-                await write_plan(conn, plan)
-            return [(r.status, r.reason) for r in plans[1].results()]
-        finally:
-            await conn.close()
-    assert asyncio.run(scenario()) == [("duplicate", None), ("rejected", Reason.EQUIVOCATION)]
-    status = asyncio.run(query(migrated_db, "SELECT status FROM meters WHERE meter_id = 'race'"))
+    conn = await asyncpg.connect(migrated_db)
+    try:
+        registry = Registry()
+        await registry.load(conn)
+        limits = Limits.from_settings(TokenizationSettings())
+        plans = []
+        for batch in (stored_first, racing):
+            parsed = parse_items(batch)
+            # Both plans are made before either is written: neither sees the other's rows.
+            plans.append(classify(batch, parsed, verify_signatures(parsed, registry.get), {}, registry.get,
+                                  limits=limits, now=int(time.time())))
+        await write_plan(conn, plans[0])
+        with pytest.raises(StaleDecision):
+            async with conn.transaction():
+                await write_plan(conn, plans[1])
+        assert (await query(migrated_db, "SELECT count(*) AS n FROM rejected_readings"))[0]["n"] == 0
+        parsed = parse_items(racing)
+        plan, _ = await decide_and_write(conn, racing, parsed, verify_signatures(parsed, registry.get),
+                                         registry.get, limits=limits, now=int(time.time()))
+    finally:
+        await conn.close()
+    assert [(r.status, r.reason) for r in plan.results()] == [("duplicate", None), ("rejected", Reason.EQUIVOCATION)]
+    status = await query(migrated_db, "SELECT status FROM meters WHERE meter_id = 'race'")
     assert status[0]["status"] == "quarantined"
-    assert asyncio.run(query(migrated_db, "SELECT count(*) AS n FROM meter_readings"))[0]["n"] == 2
+    assert (await query(migrated_db, "SELECT count(*) AS n FROM meter_readings"))[0]["n"] == 2
 
 
 async def test_postgres_connections_killed_mid_stream_lose_nothing(
