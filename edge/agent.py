@@ -17,6 +17,7 @@ from typing import Any
 
 from edge.buffer import Buffer, Quota
 from edge.forwarder import Forwarder
+from edge.guard import Guard, Limits
 from edge.metrics import EdgeMetrics
 from edge.receiver import Receiver
 from edge.screening import load_keys
@@ -50,6 +51,13 @@ async def run_agent(settings: EdgeSettings) -> int:
                         ca_file=str(settings.edge_broker_ca) if settings.edge_broker_ca else None,
                         on_connection=lambda up: metrics.edge_connected.set(1 if up else 0))
     writer.ack = receiver.ack
+
+    def cut_off(meter_id: str, why: str) -> None:
+        metrics.meters_cut_off.inc()
+        receiver.disable_meter(meter_id, why)
+
+    writer.guard = Guard(Limits(settings.meter_rate, settings.meter_burst, settings.meter_byte_rate,
+                                settings.meter_byte_burst), on_cut_off=cut_off)
     def stored() -> None:
         loop.call_soon_threadsafe(forwarder.wake)
 
@@ -130,7 +138,7 @@ async def _housekeeping(writer: Writer, forwarder: Forwarder, stopping: asyncio.
             log.info("the buffer was changed by another process (inspector?): now %d pending, %d rejected",
                      counts.pending, counts.rejected)
             forwarder.wake()
-        await writer.call(lambda b: b.refresh_oldest())
+        await writer.call(lambda b: (b.refresh_oldest(), writer.flush_limited()))
         if now - last_expire >= expire_every:
             last_expire = now
             drops = await writer.call(lambda b: b.expire(time.time()))

@@ -47,6 +47,14 @@ class Drop:
 
 
 @dataclass(slots=True)
+class LimitedCount:
+    """Messages of one cut-off meter, acked without being stored."""
+    detail: str
+    messages: int = 0
+    bytes: int = 0
+
+
+@dataclass(slots=True)
 class IngestOutcome:
     stored: int = 0
     duplicates: int = 0
@@ -237,6 +245,19 @@ class Buffer:
                          "VALUES (?, ?, ?, ?, ?, ?, ?)",
                          (d.meter_id, d.seq, d.size, d.reason.value, d.detail, d.received_at, now))
         out.drops.append(d)
+
+    def record_limited(self, limited: dict[str, LimitedCount], now: float) -> None:
+        """Count messages of cut-off meters (acked, not stored): one upsert per meter, one transaction."""
+        if not limited:
+            return
+        with self._tx():
+            self._db.executemany(
+                "INSERT INTO meter_limits(meter_id, reason, detail, cut_off_at, last_at, messages, bytes) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(meter_id) DO UPDATE SET last_at = excluded.last_at, "
+                "messages = messages + excluded.messages, bytes = bytes + excluded.bytes",
+                [(m, Reason.RATE_LIMITED.value, c.detail, now, now, c.messages, c.bytes)
+                 for m, c in limited.items()])
+            self._bump({"rate_limited": sum(c.messages for c in limited.values())})
 
     # -- forwarding ---------------------------------------------------------------------------
 

@@ -30,6 +30,12 @@ class EdgeMetrics:
                                    ["reason"], registry=registry)
         self.dropped = Counter(p + "dropped", "Readings removed without a cloud ack (quota, TTL)", ["reason"],
                                registry=registry)
+        self.meter_limited = Counter(p + "meter_limited", "Messages of meters cut off by the per-meter limits "
+                                     "(acked, not stored)", ["reason"], registry=registry)
+        self.meter_limited_bytes = Counter(p + "meter_limited_bytes", "Bytes of meters cut off by the per-meter "
+                                           "limits (acked, not stored)", registry=registry)
+        self.meters_cut_off = Gauge(p + "meters_cut_off", "Meters cut off by the per-meter limits since the "
+                                    "agent started", registry=registry)
         self.bad_acks = Counter(p + "bad_acks", "Ack envelopes that could not be decoded or were not ours",
                                 registry=registry)
         self.buffer_rows = Gauge(p + "buffer_rows", "Rows in the buffer by state", ["state"], registry=registry)

@@ -20,7 +20,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from edge.buffer import Buffer, Drop, IngestOutcome
+from edge.buffer import Buffer, Drop, IngestOutcome, LimitedCount
+from edge.guard import Guard
 from edge.metrics import EdgeMetrics
 from edge.screening import screen
 
@@ -33,6 +34,16 @@ T = TypeVar("T")
 class Incoming:
     topic: str
     payload: bytes
+    mid: int
+    qos: int
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class Limited:
+    """A message of a cut-off meter (edge.guard): acked after its count is committed, never stored."""
+    meter_id: str
+    size: int
     mid: int
     qos: int
     generation: int
@@ -60,7 +71,10 @@ class Writer:
         self._keys = keys
         self._commit_max = commit_max
         self._linger = linger_s
-        self._queue: queue.SimpleQueue[Incoming | _Call | _Stop] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Incoming | Limited | _Call | _Stop] = queue.SimpleQueue()
+        self.guard: Guard | None = None
+        self._q0_limited: dict[str, LimitedCount] = {}
+        self._q0_lock = threading.Lock()
         self._thread = threading.Thread(target=self._main, name="edge-writer", daemon=True)
         self.ack: Acker = lambda _mid, _qos, _gen: None
         self.on_stored: Callable[[], None] = lambda: None
@@ -71,7 +85,19 @@ class Writer:
     # -- producer side (any thread) -----------------------------------------------------------
 
     def submit(self, topic: str, payload: bytes, mid: int, qos: int, generation: int) -> None:
-        self._queue.put(Incoming(topic, payload, mid, qos, generation))
+        guard = self.guard
+        meter = guard.admit(topic, len(payload)) if guard is not None else None
+        if meter is None:
+            self._queue.put(Incoming(topic, payload, mid, qos, generation))
+        elif qos > 0:
+            self._queue.put(Limited(meter, len(payload), mid, qos, generation))  # no payload kept
+        else:  # nothing to ack: just count it (a QoS 0 flood never grows the queue)
+            with self._q0_lock:
+                c = self._q0_limited.get(meter)
+                if c is None:
+                    c = self._q0_limited[meter] = LimitedCount(guard.cut_off.get(meter, "") if guard else "")
+                c.messages += 1
+                c.bytes += len(payload)
 
     def call_soon(self, fn: Callable[[Buffer], T]) -> Future[T]:
         future: Future[T] = Future()
@@ -134,7 +160,7 @@ class Writer:
             if isinstance(item, _Call):
                 self._run(item)
                 continue
-            messages = [item]
+            messages: list[Incoming | Limited] = [item]
             calls: list[_Call] = []
             stop = False
             deadline = time.monotonic() + self._linger
@@ -170,10 +196,38 @@ class Writer:
         except Exception as exc:  # reported to the caller, who decides; the writer goes on
             call.future.set_exception(exc)
 
-    def _commit(self, messages: list[Incoming]) -> None:
-        verdicts = [screen(m.topic, m.payload, self._keys) for m in messages]
+    def _take_limited(self, messages: list[Incoming | Limited]) -> dict[str, LimitedCount]:
+        with self._q0_lock:
+            limited, self._q0_limited = self._q0_limited, {}
+        cut_off = self.guard.cut_off if self.guard is not None else {}
+        for m in messages:
+            if isinstance(m, Limited):
+                c = limited.get(m.meter_id)
+                if c is None:
+                    c = limited[m.meter_id] = LimitedCount(cut_off.get(m.meter_id, ""))
+                c.messages += 1
+                c.bytes += m.size
+        return limited
+
+    def flush_limited(self) -> None:
+        """Commit the counts of QoS 0 messages of cut-off meters (housekeeping, when no commit ran)."""
+        self._record_limited(self._take_limited([]))
+
+    def _record_limited(self, limited: dict[str, LimitedCount]) -> None:
+        if not limited:
+            return
+        self.buffer.record_limited(limited, time.time())
+        for meter, c in limited.items():
+            self._metrics.meter_limited.labels("rate_limited").inc(c.messages)
+            self._metrics.meter_limited_bytes.inc(c.bytes)
+            log.debug("meter %s is cut off: %d message(s) acked unstored", meter, c.messages)
+
+    def _commit(self, messages: list[Incoming | Limited]) -> None:
+        self._record_limited(self._take_limited(messages))
+        incoming = [m for m in messages if isinstance(m, Incoming)]
+        verdicts = [screen(m.topic, m.payload, self._keys) for m in incoming]
         started = time.perf_counter()
-        outcome = self.buffer.ingest(verdicts, time.time())
+        outcome = self.buffer.ingest(verdicts, time.time()) if verdicts else IngestOutcome()
         self._metrics.commit_seconds.observe(time.perf_counter() - started)
         # Only now, with the readings durable (per the synchronous setting), release them at the broker.
         for m in messages:

@@ -68,6 +68,25 @@ def mosquitto_binary() -> str:
     return found
 
 
+#: Where Debian (and so this machine) and the eclipse-mosquitto image keep the dynamic-security plugin.
+DYNSEC_PLUGINS = ("/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
+                  "/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so", "/usr/lib/mosquitto_dynamic_security.so")
+
+
+#: The plugin's state before the agent disabled anyone: no clients; every check it does not know
+#: about is deferred to password_file/acl_file.
+DYNSEC_EMPTY = ('{"defaultACLAccess": {"publishClientSend": false, "publishClientReceive": false, '
+                '"subscribe": false, "unsubscribe": false}, "clients": [], "groups": [], "roles": []}\n')
+
+
+def dynsec_plugin() -> str:
+    for path in DYNSEC_PLUGINS:
+        if Path(path).exists():
+            return path
+    raise BrokerError("Mosquitto's dynamic-security plugin is not installed (it ships with Debian's "
+                      "`mosquitto` package): run `apt-get install mosquitto`")
+
+
 def render_config(role: Role, *, workdir: Path, port: int, tls_port: int | None = None,
                   certs_dir: Path | None = None, config_root: Path = CONFIG_ROOT,
                   client_certs: bool = False) -> Path:
@@ -79,6 +98,7 @@ def render_config(role: Role, *, workdir: Path, port: int, tls_port: int | None 
     data_dir = workdir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     replacements = {
+        "plugin_opt_config_file": str(data_dir / "dynamic-security.json"),
         "password_file": str(workdir / "passwd"),
         "acl_file": str(workdir / "acl"),
         "persistence_location": f"{data_dir}/",
@@ -104,6 +124,9 @@ def render_config(role: Role, *, workdir: Path, port: int, tls_port: int | None 
         if in_tls and client_certs and line.strip() in CLIENT_CERT_LINES:
             out.append(line.strip().lstrip("# "))
             continue
+        if words[:1] == ["plugin"]:
+            out.append(f"plugin {dynsec_plugin()}")
+            continue
         if words and words[0] in replacements:
             out.append(f"{words[0]} {replacements[words[0]]}")
             continue
@@ -114,6 +137,9 @@ def render_config(role: Role, *, workdir: Path, port: int, tls_port: int | None 
     if os.geteuid() == 0:
         # Started as root, mosquitto would switch to user "mosquitto" and lose access to workdir.
         out.append("user root")
+    dynsec = data_dir / "dynamic-security.json"
+    if any(line.split()[:1] == ["plugin"] for line in out) and not dynsec.exists():
+        dynsec.write_text(DYNSEC_EMPTY)
     shutil.copy(config_root / role / "acl", workdir / "acl")
     conf = workdir / "mosquitto.conf"
     conf.write_text("\n".join(out) + "\n")
