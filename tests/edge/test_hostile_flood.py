@@ -45,7 +45,11 @@ def _run_flood(rig: Rig, agent: Agent, seconds: float, *, qos: int = 1, honest_m
 
     def sample_rss() -> None:
         while not stop.wait(0.2):
-            rss_peak[0] = max(rss_peak[0], proc.memory_info().rss / 1e6)
+            try:
+                rss_peak[0] = max(rss_peak[0], proc.memory_info().rss / 1e6)
+            except psutil.NoSuchProcess:
+                rss_peak[0] = float("inf")  # the agent died
+                return
 
     def flooder() -> None:
         url = BrokerURL.parse(rig.edge.url_for(FLOODER))
