@@ -43,15 +43,21 @@ from runtime.config import ConfigError, load
 @click.option("--window", type=int, help="Batches in flight at most (default 8).")
 @click.option("--ack-timeout", "ack_timeout_s", type=float, help="Re-send a batch unacked this long (s, default 10).")
 @click.option("--client-id", help="MQTT client id (persistent session name); default edge-agent-{gateway_id}.")
+@click.option("--init-session", is_flag=True,
+              help="Create the agent's persistent session on the edge broker and exit (install step: run it "
+                   "before any meter publishes, so no reading is routed to no one).")
 @click.option("--log-format", type=click.Choice(["plain", "json"]), help="Log format (LOG_FORMAT).")
 @click.option("--log-level", help="Log level (LOG_LEVEL, default INFO).")
-def run(config_path: Path | None, **flags: Any) -> None:
+def run(config_path: Path | None, init_session: bool, **flags: Any) -> None:
     try:
         settings = load(EdgeSettings, config_path, overrides=flags).validate()
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     logs.setup(level=settings.log_level, json_format=settings.log_format == "json", log_file=settings.log_file,
                component="edge")
+    if init_session:
+        _init_session(settings)
+        return
     from edge.agent import run_agent
 
     try:
@@ -60,6 +66,19 @@ def run(config_path: Path | None, **flags: Any) -> None:
         click.echo(f"error: {exc}. Pick another --metrics-port or --buffer path.", err=True)
         sys.exit(2)
     sys.exit(code)
+
+
+def _init_session(settings: EdgeSettings) -> None:
+    from edge.receiver import init_session
+
+    try:
+        init_session(settings.edge_url, client_id=settings.mqtt_client_id,
+                     ca_file=str(settings.edge_broker_ca) if settings.edge_broker_ca else None)
+    except ConnectionError as exc:
+        click.echo(f"error: {exc}. Check --edge-broker-url and the edge-agent credentials.", err=True)
+        sys.exit(2)
+    click.echo(f"the agent's persistent session exists on {settings.edge_url}: the broker now keeps every "
+               "meter's reading for the agent")
 
 
 COMMANDS = [run]

@@ -107,6 +107,50 @@ class _BulkReadClient(mqtt.Client):
                 return MQTTErrorCode.MQTT_ERR_SUCCESS
 
 
+def init_session(url: BrokerURL, *, client_id: str, ca_file: str | None = None, timeout: float = 30.0) -> None:
+    """Create the agent's persistent session (subscribed at QoS 1) and leave: from then on the broker
+    queues every meter's reading for the agent, even before the agent's first start.
+
+    Without it, a reading a meter publishes before the agent ever subscribed is PUBACKed and routed
+    to no one (`gridtokenx edge run --init-session`, docs/edge-agent.md "Install order"). Messages the
+    broker delivers meanwhile are not acked: they stay queued for the agent. Raises ConnectionError."""
+    done = threading.Event()
+    failure: list[str] = []
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False, manual_ack=True)
+    if url.username:
+        client.username_pw_set(url.username, url.password)
+    if url.tls:
+        client.tls_set(ca_certs=ca_file, cert_reqs=ssl.CERT_REQUIRED)
+
+    def connected(c: mqtt.Client, _u: Any, _f: mqtt.ConnectFlags, reason: ReasonCode, _p: Properties | None) -> None:
+        if reason.is_failure:
+            failure.append(f"the edge broker refused the connection: {reason}")
+            done.set()
+            return
+        c.subscribe([(METER_READINGS_FILTER, 1), (DYNSEC_RESPONSE, 1)])
+
+    def subscribed(_c: mqtt.Client, _u: Any, _mid: int, codes: list[ReasonCode], _p: Properties | None) -> None:
+        if codes and codes[0].is_failure:
+            failure.append(f"the edge broker refused the subscription to {METER_READINGS_FILTER}: {codes[0]}")
+        done.set()
+
+    client.on_connect = connected
+    client.on_subscribe = subscribed
+    try:
+        client.connect(url.host, url.port, keepalive=30)
+    except OSError as exc:
+        raise ConnectionError(f"cannot reach the edge broker {url}: {exc}") from None
+    client.loop_start()
+    try:
+        if not done.wait(timeout):
+            raise ConnectionError(f"no answer from the edge broker {url} within {timeout:.0f} s")
+        if failure:
+            raise ConnectionError(failure[0])
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
 class Receiver:
     def __init__(self, url: BrokerURL, *, client_id: str, sink: Sink, ca_file: str | None = None,
                  on_connection: Callable[[bool], None] = lambda _up: None) -> None:

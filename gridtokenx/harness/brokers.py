@@ -89,11 +89,15 @@ def dynsec_plugin() -> str:
 
 def render_config(role: Role, *, workdir: Path, port: int, tls_port: int | None = None,
                   certs_dir: Path | None = None, config_root: Path = CONFIG_ROOT,
-                  client_certs: bool = False) -> Path:
+                  client_certs: bool = False, fleet_port: int | None = None) -> Path:
     """Write a local copy of broker-config/{role}/mosquitto.conf into `workdir`; returns its path.
 
     `client_certs` turns on the documented option of the TLS listener: a client certificate signed
-    by the CA is required, and its CN is the username (meters with secure elements)."""
+    by the CA is required, and its CN is the username (meters with secure elements).
+
+    `fleet_port` adds a DEV-ONLY listener where clients choose their own client ids: the edge config
+    makes the client id the username on every listener (no session takeover), so the simulator's
+    `sim-fleet` user can multiplex meters over several connections only there. Never on a gateway."""
     source = (config_root / role / "mosquitto.conf").read_text().splitlines()
     data_dir = workdir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -133,6 +137,9 @@ def render_config(role: Role, *, workdir: Path, port: int, tls_port: int | None 
         if words[:1] == ["log_type"] and words[1:2] == ["notice"]:
             continue
         out.append(line)
+    if fleet_port is not None:
+        out += ["# DEV ONLY: several sim-fleet connections (their own client ids); see render_config.",
+                f"listener {fleet_port} 127.0.0.1", "protocol mqtt"]
     out.append(f"log_dest file {workdir / 'mosquitto.log'}")
     if os.geteuid() == 0:
         # Started as root, mosquitto would switch to user "mosquitto" and lose access to workdir.
@@ -159,6 +166,8 @@ class Mosquitto:
     host: str = "127.0.0.1"
     password_file: Path | None = None
     client_certs: bool = False
+    fleet_port: int | None = None
+    """A dev-only listener with client ids of the client's choosing (render_config); 0 = a free port."""
     """TLS listener requires a client certificate whose CN is the username (see render_config)."""
     """A password file to use as is (e.g. from `gridtokenx broker credentials`); `users` then only
     needs the users a caller wants URLs for, and users missing from the file are appended."""
@@ -168,10 +177,19 @@ class Mosquitto:
         self.workdir.mkdir(parents=True, exist_ok=True)
         if not self.port:
             self.port = free_port()
+        if self.fleet_port == 0:
+            self.fleet_port = free_port()
 
     @property
     def url(self) -> str:
         return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def fleet_url(self) -> str:
+        """The dev-only listener for several connections of one user (the simulator's --connections)."""
+        if self.fleet_port is None:
+            raise BrokerError("this broker was started without a fleet listener (fleet_port=0)")
+        return f"mqtt://{self.host}:{self.fleet_port}"
 
     def url_for(self, user: str) -> str:
         return f"mqtt://{user}:{self.users[user]}@{self.host}:{self.port}"
@@ -205,7 +223,7 @@ class Mosquitto:
 
     def start(self, timeout: float = 10.0) -> None:
         conf = render_config(self.role, workdir=self.workdir, port=self.port, tls_port=self.tls_port,
-                             certs_dir=self.certs_dir, client_certs=self.client_certs)
+                             certs_dir=self.certs_dir, client_certs=self.client_certs, fleet_port=self.fleet_port)
         self._write_passwd()
         self._proc = subprocess.Popen(
             [mosquitto_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
