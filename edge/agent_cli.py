@@ -59,9 +59,13 @@ def run(config_path: Path | None, init_session: bool, **flags: Any) -> None:
         _init_session(settings)
         return
     from edge.agent import run_agent
+    from edge.buffer import BufferDamaged
 
     try:
         code = asyncio.run(run_agent(settings))
+    except BufferDamaged as exc:
+        click.echo(f"error: {exc}.", err=True)
+        sys.exit(2)
     except OSError as exc:  # e.g. the metrics port is taken or the buffer directory is read-only
         click.echo(f"error: {exc}. Pick another --metrics-port or --buffer path.", err=True)
         sys.exit(2)

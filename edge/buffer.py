@@ -16,6 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge.integrity import damaged_sentence, is_damage, quick_check
 from edge.screening import Accepted, Quarantined, Verdict
 from protocol.envelopes import AckItem
 from protocol.reasons import Reason
@@ -27,6 +28,12 @@ AGENT_VERSION = "0.1.0"
 #: How many oldest pending rows one TTL pass looks at; the rest wait for the next pass.
 EXPIRE_CHUNK = 5000
 BATCH_HISTORY_S = 7 * 86400.0
+#: How long the integrity check at open may take (a larger file is checked in part: see edge.integrity).
+OPEN_CHECK_S = 10.0
+
+
+class BufferDamaged(RuntimeError):
+    """The buffer file is corrupt; the message is one sentence pointing to the repair steps."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +101,7 @@ def _schema_sql() -> str:
 class Buffer:
     def __init__(self, conn: sqlite3.Connection, quota: Quota, ttl_seconds: float) -> None:
         self._db = conn
+        self.path: Path | None = None
         self.quota = quota
         self.ttl_seconds = ttl_seconds
         self.counts = Counts()
@@ -103,7 +111,20 @@ class Buffer:
     @classmethod
     def open(cls, path: Path, *, gateway_id: str, quota: Quota, ttl_seconds: float = 0.0,
              synchronous: str = "NORMAL") -> Buffer:
-        """Open (creating if needed) and recover: rows left in flight by a crash become pending again."""
+        """Open (creating if needed) and recover: rows left in flight by a crash become pending again.
+
+        A damaged file (quick_check, bounded) raises BufferDamaged instead: writing into it could only
+        spread the damage."""
+        try:
+            return cls._open(path, gateway_id=gateway_id, quota=quota, ttl_seconds=ttl_seconds,
+                             synchronous=synchronous)
+        except sqlite3.DatabaseError as exc:
+            if is_damage(exc):
+                raise BufferDamaged(damaged_sentence(path, str(exc))) from None
+            raise
+
+    @classmethod
+    def _open(cls, path: Path, *, gateway_id: str, quota: Quota, ttl_seconds: float, synchronous: str) -> Buffer:
         path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per method.
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -117,9 +138,17 @@ class Buffer:
             conn.close()
             raise RuntimeError(f"buffer {path} has schema version {version}; this agent reads version "
                                f"{SCHEMA_VERSION}: move it aside or upgrade the agent")
+        integrity = quick_check(conn, max_seconds=OPEN_CHECK_S, max_problems=3)
+        if integrity.ok is False:
+            conn.close()
+            raise BufferDamaged(damaged_sentence(path, "; ".join(integrity.problems)))
+        if integrity.ok is None:
+            log.warning("integrity check of %s not finished within %.0f s (a large file); run "
+                        "`gridtokenx edge inspect doctor` for a full one", path, OPEN_CHECK_S)
         conn.executescript(_schema_sql())
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         buf = cls(conn, quota, ttl_seconds)
+        buf.path = path
         now = time.time()
         with buf._tx():
             conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('created_at', ?)", (str(now),))

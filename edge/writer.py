@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from edge.buffer import Buffer, Drop, IngestOutcome, LimitedCount
 from edge.guard import Guard
+from edge.integrity import damaged_sentence, is_damage
 from edge.metrics import EdgeMetrics
 from edge.screening import screen
 
@@ -137,7 +138,11 @@ class Writer:
         try:
             self._loop()
         except BaseException as exc:  # a bug or a broken disk: stop the agent, say why once
-            log.exception("buffer writer failed; the agent stops (unacked readings stay with the broker)")
+            if is_damage(exc):
+                log.error("buffer writer stopped: %s (unacked readings stay with the broker)",
+                          damaged_sentence(self.buffer.path, str(exc)))
+            else:
+                log.exception("buffer writer failed; the agent stops (unacked readings stay with the broker)")
             self.failure = exc
             self.on_failure(exc)
             self._fail_pending(exc)

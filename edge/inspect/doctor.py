@@ -21,6 +21,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edge.inspect import db
 from edge.inspect.filters import FilterError, parse_instant
 from edge.inspect.models import Check
+from edge.integrity import REPAIR, quick_check
 from runtime.config import BrokerURL, ConfigError
 
 #: Free disk below this fraction of the filesystem (or below MIN_FREE_BYTES) fails the disk check.
@@ -30,6 +31,8 @@ MIN_FREE_BYTES = 100 * 1024 * 1024
 QUOTA_WARN = 0.8
 #: More than this between a meter's interval end and the gateway's receive time is suspicious.
 CLOCK_TOLERANCE_S = 60.0
+#: The integrity check's time bound: a larger file is reported as not fully checked, never as OK.
+INTEGRITY_S = 10.0
 #: $SYS topics whose value is the broker's wall clock (EMQX publishes `$SYS/brokers/<node>/datetime`).
 _CLOCK_SUFFIXES = ("/datetime", "/time", "/localtime")
 
@@ -69,6 +72,7 @@ def _buffer_checks(cfg: DoctorConfig) -> list[Check]:
         checks.append(Check("WAL", "OK", "journal_mode=wal") if mode == "wal" else Check(
             "WAL", "FAIL", f"journal_mode={mode}: readers block the agent and a crash can lose more",
             "restart the agent (it sets WAL at open) or run: sqlite3 BUFFER 'PRAGMA journal_mode=WAL'"))
+        checks.append(_integrity(conn, cfg.buffer))
         checks.append(_writable(cfg.buffer))
         checks.append(_disk(cfg.buffer))
         checks.append(_quota(conn, cfg))
@@ -76,6 +80,21 @@ def _buffer_checks(cfg: DoctorConfig) -> list[Check]:
     finally:
         conn.close()
     return checks
+
+
+def _integrity(conn: sqlite3.Connection, path: Path) -> Check:
+    try:
+        result = quick_check(conn, max_seconds=INTEGRITY_S, max_problems=5)
+    except sqlite3.Error as exc:
+        return Check("integrity", "FAIL", f"quick_check could not run: {exc}", f"see {REPAIR}")
+    if result.ok is True:
+        return Check("integrity", "OK", f"PRAGMA quick_check: ok ({result.seconds:.1f} s)")
+    if result.ok is None:
+        return Check("integrity", "WARN", f"quick_check did not finish within {INTEGRITY_S:g} s "
+                     f"({path.stat().st_size / 2**20:.0f} MiB): not fully checked",
+                     f"stop the agent and run: sqlite3 {path} 'PRAGMA quick_check'")
+    return Check("integrity", "FAIL", "damaged: " + "; ".join(result.problems[:3]),
+                 f"stop the agent, move the file aside and salvage it: {REPAIR}")
 
 
 def _writable(path: Path) -> Check:
