@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sqlite3
 import time
 from typing import Any
 
@@ -68,12 +69,13 @@ async def run_agent(settings: EdgeSettings) -> int:
         loop.call_soon_threadsafe(stopping.set)
 
     writer.on_failure = writer_failed
+    writer.on_disk_full = lambda full: metrics.disk_full.set(1 if full else 0)
 
     def health() -> dict[str, Any]:
         c = buffer.counts
         return {"healthy": writer.alive and receiver.connected, "edge_connected": receiver.connected,
                 "cloud_connected": forwarder.connected, "writer_alive": writer.alive,
-                "pending": c.pending, "inflight": c.inflight, "rejected": c.rejected,
+                "disk_full": writer.disk_full, "pending": c.pending, "inflight": c.inflight, "rejected": c.rejected,
                 "batches_in_flight": forwarder.in_flight, "gateway_id": settings.gateway_id}
 
     server = ObservabilityServer(host=settings.metrics_host, port=settings.metrics_port, health=health)
@@ -132,20 +134,30 @@ async def _housekeeping(writer: Writer, forwarder: Forwarder, stopping: asyncio.
             await asyncio.wait_for(stopping.wait(), HOUSEKEEPING_S)
         if stopping.is_set():
             return
+        try:
+            await _chores(writer, forwarder)
+        except sqlite3.OperationalError as exc:  # a full disk: the writer says so; try again next second
+            log.debug("housekeeping skipped: %s", exc)
+            continue
         now = time.monotonic()
-        if await writer.call(lambda b: b.changed_elsewhere()):
-            counts = await writer.call(lambda b: b.resync())
-            log.info("the buffer was changed by another process (inspector?): now %d pending, %d rejected",
-                     counts.pending, counts.rejected)
-            forwarder.wake()
-        await writer.call(lambda b: b.refresh_oldest())
-        await writer.call(lambda _b: writer.flush_limited())  # counts of cut-off meters' QoS 0 messages
         if now - last_expire >= expire_every:
             last_expire = now
-            drops = await writer.call(lambda b: b.expire(time.time()))
-            if drops:
-                writer.account_drops(drops)
+            with contextlib.suppress(sqlite3.OperationalError):
+                drops = await writer.call(lambda b: b.expire(time.time()))
+                if drops:
+                    writer.account_drops(drops)
         if now - last_resync >= RESYNC_EVERY_S:
             last_resync = now
-            await writer.call(lambda b: (b.resync(), b.prune_batches(time.time())))
-            await forwarder.requeue_orphans()
+            with contextlib.suppress(sqlite3.OperationalError):
+                await writer.call(lambda b: (b.resync(), b.prune_batches(time.time()), b.keep_reserve()))
+                await forwarder.requeue_orphans()
+
+
+async def _chores(writer: Writer, forwarder: Forwarder) -> None:
+    if await writer.call(lambda b: b.changed_elsewhere()):
+        counts = await writer.call(lambda b: b.resync())
+        log.info("the buffer was changed by another process (inspector?): now %d pending, %d rejected",
+                 counts.pending, counts.rejected)
+        forwarder.wake()
+    await writer.call(lambda b: b.refresh_oldest())
+    await writer.call(lambda _b: writer.flush_limited())  # counts of cut-off meters' QoS 0 messages

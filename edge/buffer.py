@@ -16,7 +16,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge.integrity import damaged_sentence, is_damage, quick_check
+from edge.integrity import damaged_sentence, is_damage, is_full, quick_check
+from edge.reserve import ensure_reserve
 from edge.screening import Accepted, Quarantined, Verdict
 from protocol.envelopes import AckItem
 from protocol.reasons import Reason
@@ -145,12 +146,37 @@ class Buffer:
         if integrity.ok is None:
             log.warning("integrity check of %s not finished within %.0f s (a large file); run "
                         "`gridtokenx edge inspect doctor` for a full one", path, OPEN_CHECK_S)
-        conn.executescript(_schema_sql())
-        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        try:
+            conn.executescript(_schema_sql())
+            if version != SCHEMA_VERSION:
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.OperationalError as exc:
+            if not (is_full(exc) and version == SCHEMA_VERSION):
+                raise
+            log.error("the disk under %s is full: schema additions wait for the next start", path)
         buf = cls(conn, quota, ttl_seconds)
         buf.path = path
+        try:
+            requeued = buf._start_meta(gateway_id, synchronous)
+        except sqlite3.OperationalError as exc:
+            if not is_full(exc):
+                raise
+            # A full disk must not crash-loop the agent: it starts, acks nothing it cannot store, and
+            # rows left in flight go back to pending by the orphan safety net once space returns.
+            log.error("the disk under %s is full: the agent starts but stores (and acks) nothing until "
+                      "space is freed", path)
+            requeued = 0
+        if requeued:
+            log.info("recovered %d readings left in flight by the previous run; they will be re-sent", requeued)
+        buf.resync()
+        buf.changed_elsewhere()  # the baseline: from here on, only other connections' commits count
+        ensure_reserve(path)
+        return buf
+
+    def _start_meta(self, gateway_id: str, synchronous: str) -> int:
+        conn, quota, ttl_seconds = self._db, self.quota, self.ttl_seconds
         now = time.time()
-        with buf._tx():
+        with self._tx():
             conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('created_at', ?)", (str(now),))
             for key, value in (("gateway_id", gateway_id), ("agent_version", AGENT_VERSION),
                                ("quota_max_rows", str(quota.max_rows)), ("quota_max_bytes", str(quota.max_bytes)),
@@ -159,11 +185,7 @@ class Buffer:
                 conn.execute("INSERT INTO meta(key, value) VALUES (?, ?) "
                              "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
             requeued = conn.execute("UPDATE readings SET state = 'pending' WHERE state = 'inflight'").rowcount
-        if requeued:
-            log.info("recovered %d readings left in flight by the previous run; they will be re-sent", requeued)
-        buf.resync()
-        buf.changed_elsewhere()  # the baseline: from here on, only other connections' commits count
-        return buf
+        return int(requeued)
 
     def close(self) -> None:
         try:
@@ -419,6 +441,10 @@ class Buffer:
             self.resync()
         return n
 
+    def keep_reserve(self) -> bool:
+        """Recreate the disk-space reserve a purge released (edge.reserve), once there is room."""
+        return self.path is None or ensure_reserve(self.path)
+
     def prune_batches(self, now: float) -> int:
         with self._tx():
             return self._db.execute("DELETE FROM batches WHERE acked_at IS NOT NULL AND acked_at < ?",
@@ -471,4 +497,7 @@ class _Tx:
         self._db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, *_: object) -> None:
-        self._db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+        if exc_type is None:
+            self._db.execute("COMMIT")
+        elif self._db.in_transaction:  # SQLITE_FULL and I/O errors roll back by themselves
+            self._db.execute("ROLLBACK")

@@ -33,6 +33,14 @@ def is_damage(exc: BaseException) -> bool:
     return "malformed" in text or "not a database" in text
 
 
+def is_full(exc: BaseException) -> bool:
+    """True for SQLITE_FULL ('database or disk is full')."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF == 13
+    return "disk is full" in str(exc)
+
+
 def quick_check(conn: sqlite3.Connection, *, max_seconds: float = 10.0, max_problems: int = 10) -> Integrity:
     started = time.monotonic()
     deadline = started + max_seconds

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -22,7 +23,7 @@ from typing import Any, TypeVar
 
 from edge.buffer import Buffer, Drop, IngestOutcome, LimitedCount
 from edge.guard import Guard
-from edge.integrity import damaged_sentence, is_damage
+from edge.integrity import damaged_sentence, is_damage, is_full
 from edge.metrics import EdgeMetrics
 from edge.screening import screen
 
@@ -82,6 +83,9 @@ class Writer:
         """Called (on the writer thread) after a commit that added pending rows."""
         self.on_failure: Callable[[BaseException], None] = lambda _exc: None
         self.failure: BaseException | None = None
+        self.disk_full = False
+        """True while a commit waits for disk space (nothing is acked meanwhile: the broker keeps it)."""
+        self.on_disk_full: Callable[[bool], None] = lambda _full: None
 
     # -- producer side (any thread) -----------------------------------------------------------
 
@@ -113,7 +117,12 @@ class Writer:
         return await asyncio.wrap_future(self.call_soon(fn))
 
     async def barrier(self) -> None:
-        """Returns once every message queued before it is committed and acked."""
+        """Returns once every message queued before it is committed and acked.
+
+        On a full disk it returns at once: the messages held then are not acked, so the broker keeps
+        them for the next start, which is just as safe and does not wait for space."""
+        if self.disk_full:
+            return
         await self.call(lambda _b: None)
 
     def start(self) -> None:
@@ -187,11 +196,58 @@ class Writer:
                     calls.append(nxt)  # runs right after this commit: still FIFO w.r.t. the messages
                     continue
                 messages.append(nxt)
-            self._commit(messages)
+            if not self._commit_or_wait(messages, calls):
+                return
             for call in calls:
                 self._run(call)
             if stop:
                 return
+
+    def _commit_or_wait(self, messages: list[Incoming | Limited], calls: list[_Call]) -> bool:
+        """Commit, or on a full disk (SQLITE_FULL) hold the messages unacked and retry with a backoff
+        until space returns. Calls queued meanwhile still run (acks from the cloud free space); later
+        messages join the held group. False: a stop came while waiting (nothing held is acked)."""
+        delay = 0.2
+        while True:
+            try:
+                self._commit(messages)
+            except sqlite3.OperationalError as exc:
+                if not is_full(exc):
+                    raise
+                self.buffer.resync()  # the rolled-back transaction had moved the in-memory counts
+                if not self.disk_full:
+                    self.disk_full = True
+                    self.on_disk_full(True)
+                    log.error("the disk under the buffer is full: %d message(s) held unacked (the broker keeps "
+                              "them) until space returns; free space or run `gridtokenx edge inspect purge`",
+                              len(messages))
+                for call in calls:
+                    self._run(call)
+                calls.clear()
+                if not self._wait_for_space(messages, calls, delay):
+                    return False
+                delay = min(5.0, delay * 2)
+                continue
+            if self.disk_full:
+                self.disk_full = False
+                self.on_disk_full(False)
+                log.warning("disk space is back: %d held message(s) committed and acked", len(messages))
+            return True
+
+    def _wait_for_space(self, messages: list[Incoming | Limited], calls: list[_Call], delay: float) -> bool:
+        deadline = time.monotonic() + delay
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                item = self._queue.get(timeout=remaining)
+            except queue.Empty:
+                return True
+            if isinstance(item, _Stop):
+                return False
+            if isinstance(item, _Call):
+                self._run(item)
+            else:
+                messages.append(item)
+        return True
 
     def _run(self, call: _Call) -> None:
         if not call.future.set_running_or_notify_cancel():
