@@ -37,7 +37,8 @@ async def run_agent(settings: EdgeSettings) -> int:
     """Run until SIGTERM/SIGINT; returns the process exit code."""
     keys = load_keys(settings.meter_keys) if settings.meter_keys else None
     buffer = Buffer.open(settings.buffer, gateway_id=settings.gateway_id,
-                         quota=Quota(settings.max_rows, settings.max_bytes, settings.quota_policy),
+                         quota=Quota(settings.max_rows, settings.max_bytes, settings.quota_policy,
+                                     settings.max_evidence_bytes),
                          ttl_seconds=settings.ttl_seconds, synchronous=settings.synchronous)
     metrics = EdgeMetrics()
     metrics.watch_buffer(lambda: buffer.counts, lambda: buffer.oldest_pending_at)
@@ -146,6 +147,7 @@ async def _housekeeping(writer: Writer, forwarder: Forwarder, stopping: asyncio.
                 drops = await writer.call(lambda b: b.expire(time.time()))
                 if drops:
                     writer.account_drops(drops)
+                await writer.call(lambda b: b.expire_evidence(time.time()))
         if now - last_resync >= RESYNC_EVERY_S:
             last_resync = now
             with contextlib.suppress(sqlite3.OperationalError):

@@ -34,6 +34,11 @@ from runtime.config import ConfigError, load
               help="meters.csv (meter_id, public_key): enable the signature pre-check.")
 @click.option("--max-rows", type=int, help="Quota: rows waiting to be forwarded (default 2,000,000).")
 @click.option("--max-bytes", type=int, help="Quota: payload bytes waiting to be forwarded (default 1 GiB).")
+@click.option("--max-evidence-bytes", type=int,
+              help="Quota: quarantined payloads + rejected readings kept as evidence (default 64 MiB).")
+@click.option("--meter-rate", type=float, help="Messages/s one meter may sustain before it is cut off (default 100; "
+              "0 = no per-meter limits).")
+@click.option("--meter-burst", type=float, help="Messages one meter may send at once (default 10,000).")
 @click.option("--quota-policy", type=click.Choice(POLICIES), help="What a full buffer does (default drop_oldest).")
 @click.option("--ttl-seconds", type=float, help="Drop readings pending longer than this (0 = never; default 7 days).")
 @click.option("--synchronous", type=click.Choice(["NORMAL", "FULL"], case_sensitive=False),

@@ -21,6 +21,7 @@ from edge.reserve import ensure_reserve
 from edge.screening import Accepted, Quarantined, Verdict
 from protocol.envelopes import AckItem
 from protocol.reasons import Reason
+from protocol.wire import MAX_PAYLOAD_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +38,20 @@ class BufferDamaged(RuntimeError):
     """The buffer file is corrupt; the message is one sentence pointing to the repair steps."""
 
 
+#: Quarantined payloads larger than the protocol allows keep only their first bytes (the evidence
+#: that matters is "this meter sent N bytes"; a flood of them must not fill the disk).
+EVIDENCE_HEAD = 1024
+DEFAULT_EVIDENCE_BYTES = 64 * 1024 * 1024
+
+
 @dataclass(frozen=True, slots=True)
 class Quota:
     max_rows: int
     max_bytes: int
     policy: str  # drop_oldest | reject_new
+    evidence_bytes: int = DEFAULT_EVIDENCE_BYTES
+    """Quarantined payloads + rejected readings (kept as evidence, never forwarded): beyond it the
+    oldest evidence goes first (counted; a rejected reading also gets a drops row)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +78,8 @@ class IngestOutcome:
     duplicates: int = 0
     quarantined: Counter[str] = field(default_factory=Counter)
     drops: list[Drop] = field(default_factory=list)
+    evicted: int = 0
+    """Evidence rows (quarantine, rejected) removed by the evidence quota."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +105,8 @@ class Counts:
     backlog_bytes: int = 0
     """Bytes of pending + inflight rows: what the byte quota limits."""
     rejected_bytes: int = 0
+    quarantine_rows: int = 0
+    quarantine_bytes: int = 0
 
 
 def _schema_sql() -> str:
@@ -232,9 +246,39 @@ class Buffer:
                 out.stored += 1
                 if self.oldest_pending_at is None:
                     self.oldest_pending_at = now
+            if out.quarantined:
+                self._trim_evidence(now, out)
             self._bump({"received": len(verdicts), "stored": out.stored, "duplicates": out.duplicates,
-                        "quarantined": sum(out.quarantined.values()), "dropped": len(out.drops)})
+                        "quarantined": sum(out.quarantined.values()), "dropped": len(out.drops),
+                        "evidence_evicted": out.evicted})
         return out
+
+    def _trim_evidence(self, now: float, out: IngestOutcome) -> None:
+        """Keep quarantine + rejected bytes under the evidence quota: oldest quarantine rows first, then
+        the oldest rejected readings (each of those leaves a drops row)."""
+        c, limit = self.counts, self.quota.evidence_bytes
+        while (excess := c.quarantine_bytes + c.rejected_bytes - limit) > 0 and c.quarantine_rows > 0:
+            average = max(1, c.quarantine_bytes // c.quarantine_rows)
+            rows = self._db.execute(
+                "DELETE FROM quarantine WHERE id IN (SELECT id FROM quarantine ORDER BY id LIMIT ?) "
+                "RETURNING length(payload)", (max(1, min(100, -(-excess // average))),)).fetchall()
+            if not rows:
+                c.quarantine_rows = 0
+                break
+            c.quarantine_rows -= len(rows)
+            c.quarantine_bytes -= sum(r[0] for r in rows)
+            out.evicted += len(rows)
+        while c.quarantine_bytes + c.rejected_bytes > limit and c.rejected > 0:
+            row = self._db.execute(
+                "DELETE FROM readings WHERE id = (SELECT id FROM readings WHERE state = 'rejected' ORDER BY id "
+                "LIMIT 1) RETURNING meter_id, seq, size, received_at").fetchone()
+            if row is None:
+                break
+            c.rejected -= 1
+            c.rejected_bytes -= row[2]
+            out.evicted += 1
+            self._drop(Drop(row[0], row[1], row[2], row[3], Reason.QUOTA_DROPPED,
+                            "evidence quota full: a rejected reading kept as evidence was removed"), now, out)
 
     def _held(self, v: Accepted, now: float, out: IngestOutcome) -> bool:
         """True when the buffer already holds (meter_id, seq): a duplicate, or equivocation evidence."""
@@ -254,6 +298,11 @@ class Buffer:
 
     def _quarantine(self, topic: str, payload: bytes, meter_id: str | None, seq: int | None,
                     reason: Reason, detail: str, now: float) -> None:
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            detail = f"{detail} (first {EVIDENCE_HEAD} of {len(payload)} bytes kept)"
+            payload = payload[:EVIDENCE_HEAD]
+        self.counts.quarantine_rows += 1
+        self.counts.quarantine_bytes += len(payload)
         self._db.execute("INSERT INTO quarantine(topic, payload, meter_id, seq, reason, detail, received_at) "
                          "VALUES (?, ?, ?, ?, ?, ?, ?)", (topic, payload, meter_id, seq, reason.value, detail, now))
 
@@ -401,6 +450,30 @@ class Buffer:
 
     # -- housekeeping -------------------------------------------------------------------------
 
+    def expire_evidence(self, now: float) -> int:
+        """Quarantined payloads and rejected readings older than the TTL go too (evidence is kept as
+        long as a reading may wait, not forever); a rejected reading leaves a drops row."""
+        if self.ttl_seconds <= 0:
+            return 0
+        cutoff = now - self.ttl_seconds
+        out = IngestOutcome()
+        with self._tx():
+            q = self._db.execute(
+                "DELETE FROM quarantine WHERE id IN (SELECT id FROM quarantine WHERE received_at < ? "
+                "ORDER BY id LIMIT ?) RETURNING length(payload)", (cutoff, EXPIRE_CHUNK)).fetchall()
+            self.counts.quarantine_rows -= len(q)
+            self.counts.quarantine_bytes -= sum(r[0] for r in q)
+            for meter_id, seq, size, received_at in self._db.execute(
+                    "DELETE FROM readings WHERE id IN (SELECT id FROM readings WHERE state = 'rejected' AND "
+                    "received_at < ? ORDER BY id LIMIT ?) RETURNING meter_id, seq, size, received_at",
+                    (cutoff, EXPIRE_CHUNK)).fetchall():
+                self.counts.rejected -= 1
+                self.counts.rejected_bytes -= size
+                self._drop(Drop(meter_id, seq, size, received_at, Reason.EXPIRED,
+                                f"rejected reading kept longer than the TTL of {self.ttl_seconds:g} s"), now, out)
+            self._bump({"evidence_expired": len(q) + len(out.drops), "dropped": len(out.drops)})
+        return len(q) + len(out.drops)
+
     def expire(self, now: float) -> list[Drop]:
         """Drop pending readings older than the TTL (oldest first), each recorded in `drops`."""
         if self.ttl_seconds <= 0:
@@ -467,6 +540,8 @@ class Buffer:
                 c.inflight, c.backlog_bytes = n, c.backlog_bytes + size
             else:
                 c.rejected, c.rejected_bytes = n, size
+        c.quarantine_rows, c.quarantine_bytes = self._db.execute(
+            "SELECT count(*), coalesce(sum(length(payload)), 0) FROM quarantine").fetchone()
         self.counts = c
         self.refresh_oldest()
         return c

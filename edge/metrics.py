@@ -36,6 +36,8 @@ class EdgeMetrics:
                                            "limits (acked, not stored)", registry=registry)
         self.meters_cut_off = Gauge(p + "meters_cut_off", "Meters cut off by the per-meter limits since the "
                                     "agent started", registry=registry)
+        self.evidence_evicted = Counter(p + "evidence_evicted", "Quarantined payloads and rejected readings removed "
+                                        "by the evidence quota (oldest first)", registry=registry)
         self.disk_full = Gauge(p + "disk_full", "1 while the buffer's disk is full (nothing is stored or acked; "
                                "the broker keeps the readings)", registry=registry)
         self.bad_acks = Counter(p + "bad_acks", "Ack envelopes that could not be decoded or were not ours",

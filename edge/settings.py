@@ -44,6 +44,8 @@ class EdgeSettings:
     # Buffer
     max_rows: int = field(default=2_000_000, metadata={"env": "GRIDTOKENX_EDGE_MAX_ROWS"})
     max_bytes: int = field(default=1_073_741_824, metadata={"env": "GRIDTOKENX_EDGE_MAX_BYTES"})
+    max_evidence_bytes: int = field(default=64 * 1024 * 1024, metadata={"env": "GRIDTOKENX_EDGE_MAX_EVIDENCE_BYTES"})
+    """Quarantined payloads + rejected readings kept as evidence; the oldest go first beyond it."""
     quota_policy: str = field(default="drop_oldest", metadata={"env": "GRIDTOKENX_EDGE_QUOTA_POLICY"})
     ttl_seconds: float = field(default=7 * 86400.0, metadata={"env": "GRIDTOKENX_EDGE_TTL_SECONDS"})
     """0 = readings never expire. Default matches the cloud's 7-day maximum reading age."""
@@ -95,7 +97,7 @@ class EdgeSettings:
             raise ConfigError(f"quota policy {self.quota_policy!r} is unknown; use one of {', '.join(POLICIES)}")
         if self.synchronous.upper() not in SYNCHRONOUS:
             raise ConfigError(f"synchronous {self.synchronous!r} is unknown; use NORMAL or FULL")
-        for name in ("max_rows", "max_bytes", "batch_size", "window", "commit_max"):
+        for name in ("max_rows", "max_bytes", "max_evidence_bytes", "batch_size", "window", "commit_max"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.batch_size > MAX_BATCH_SIZE:

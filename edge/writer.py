@@ -309,6 +309,9 @@ class Writer:
             log.warning("quarantined %d message(s): %s", n, reason)
         if out.drops:
             self.account_drops(out.drops)
+        if out.evicted:
+            m.evidence_evicted.inc(out.evicted)
+            log.warning("evidence quota full: removed the %d oldest quarantined/rejected row(s)", out.evicted)
 
     def account_drops(self, drops: list[Drop]) -> None:
         """Count and log drops (one line per group, each drop is also a row in `drops`)."""
