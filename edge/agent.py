@@ -71,6 +71,7 @@ async def run_agent(settings: EdgeSettings) -> int:
 
     writer.on_failure = writer_failed
     writer.on_disk_full = lambda full: metrics.disk_full.set(1 if full else 0)
+    metrics.clock_steps.set_function(lambda: buffer.clock_steps)
 
     def health() -> dict[str, Any]:
         c = buffer.counts
@@ -148,6 +149,7 @@ async def _housekeeping(writer: Writer, forwarder: Forwarder, stopping: asyncio.
                 if drops:
                     writer.account_drops(drops)
                 await writer.call(lambda b: b.expire_evidence(time.time()))
+                writer.metrics.expire_runs.inc()
         if now - last_resync >= RESYNC_EVERY_S:
             last_resync = now
             with contextlib.suppress(sqlite3.OperationalError):

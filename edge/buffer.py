@@ -9,6 +9,7 @@ requeue or purge rows behind our back.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import time
@@ -16,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge.clock import StepDetector, anchor, step_since
 from edge.integrity import damaged_sentence, is_damage, is_full, quick_check
 from edge.reserve import ensure_reserve
 from edge.screening import Accepted, Quarantined, Verdict
@@ -122,6 +124,9 @@ class Buffer:
         self.counts = Counts()
         self.oldest_pending_at: float | None = None
         self._data_version = 0
+        self.clock = StepDetector()
+        self.clock_steps = 0
+        """Wall-clock steps seen (and corrected for) since the agent started."""
 
     @classmethod
     def open(cls, path: Path, *, gateway_id: str, quota: Quota, ttl_seconds: float = 0.0,
@@ -190,7 +195,12 @@ class Buffer:
     def _start_meta(self, gateway_id: str, synchronous: str) -> int:
         conn, quota, ttl_seconds = self._db, self.quota, self.ttl_seconds
         now = time.time()
+        saved = conn.execute("SELECT value FROM meta WHERE key = 'clock_anchor'").fetchone()
+        step = step_since(saved[0] if saved else None, now)
+        if step:
+            self._shift(step, "while the agent was stopped")
         with self._tx():
+            self._save_anchor(now)
             conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('created_at', ?)", (str(now),))
             for key, value in (("gateway_id", gateway_id), ("agent_version", AGENT_VERSION),
                                ("quota_max_rows", str(quota.max_rows)), ("quota_max_bytes", str(quota.max_bytes)),
@@ -203,6 +213,8 @@ class Buffer:
 
     def close(self) -> None:
         try:
+            with contextlib.suppress(sqlite3.Error), self._tx():
+                self._save_anchor(time.time())  # a step while the agent is stopped is measured from here
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             self._db.close()
@@ -220,8 +232,36 @@ class Buffer:
 
     # -- ingest -------------------------------------------------------------------------------
 
+    # -- the wall clock -------------------------------------------------------------------------
+
+    def follow_clock(self) -> float:
+        """Notice a wall-clock step since the last call and shift every stored stamp by it, so ages
+        and TTLs count real waiting time. Called first by ingest and the TTL passes (the writer thread)."""
+        step = self.clock.step()
+        if step:
+            self._shift(step, "while the agent ran")
+        return step
+
+    def _shift(self, step: float, when: str) -> None:
+        with self._tx():
+            n = self._db.execute("UPDATE readings SET received_at = received_at + ?", (step,)).rowcount
+            self._db.execute("UPDATE quarantine SET received_at = received_at + ?", (step,))
+            self._save_anchor(time.time())
+            self._bump({"clock_steps": 1})
+        self.clock_steps += 1
+        if self.oldest_pending_at is not None:
+            self.oldest_pending_at += step
+        log.warning("the gateway's wall clock stepped by %+.0f s %s; the receive times of %d buffered readings "
+                    "moved with it, so TTLs and ages count real waiting time (check NTP: timedatectl)",
+                    step, when, n)
+
+    def _save_anchor(self, now: float) -> None:
+        self._db.execute("INSERT INTO meta(key, value) VALUES ('clock_anchor', ?) "
+                         "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (anchor(now),))
+
     def ingest(self, verdicts: list[Verdict], now: float) -> IngestOutcome:
         """Store a group of screened messages in one transaction. After it returns they may be acked."""
+        self.follow_clock()
         out = IngestOutcome()
         db = self._db
         with self._tx():
@@ -455,6 +495,7 @@ class Buffer:
         long as a reading may wait, not forever); a rejected reading leaves a drops row."""
         if self.ttl_seconds <= 0:
             return 0
+        self.follow_clock()
         cutoff = now - self.ttl_seconds
         out = IngestOutcome()
         with self._tx():
@@ -478,6 +519,7 @@ class Buffer:
         """Drop pending readings older than the TTL (oldest first), each recorded in `drops`."""
         if self.ttl_seconds <= 0:
             return []
+        self.follow_clock()
         cutoff = now - self.ttl_seconds
         candidates = self._db.execute("SELECT id, received_at FROM readings WHERE state = 'pending' "
                                       "ORDER BY id LIMIT ?", (EXPIRE_CHUNK,)).fetchall()
@@ -520,6 +562,7 @@ class Buffer:
 
     def prune_batches(self, now: float) -> int:
         with self._tx():
+            self._save_anchor(now)  # once a minute: a step while the agent is down is measured from here
             return self._db.execute("DELETE FROM batches WHERE acked_at IS NOT NULL AND acked_at < ?",
                                     (now - BATCH_HISTORY_S,)).rowcount
 

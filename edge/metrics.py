@@ -38,6 +38,9 @@ class EdgeMetrics:
                                     "agent started", registry=registry)
         self.evidence_evicted = Counter(p + "evidence_evicted", "Quarantined payloads and rejected readings removed "
                                         "by the evidence quota (oldest first)", registry=registry)
+        self.clock_steps = Gauge(p + "clock_steps", "Wall-clock steps noticed since the agent started (stored "
+                                 "receive times were shifted by them)", registry=registry)
+        self.expire_runs = Counter(p + "expire_runs", "TTL passes run by the agent", registry=registry)
         self.disk_full = Gauge(p + "disk_full", "1 while the buffer's disk is full (nothing is stored or acked; "
                                "the broker keeps the readings)", registry=registry)
         self.bad_acks = Counter(p + "bad_acks", "Ack envelopes that could not be decoded or were not ours",

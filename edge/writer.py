@@ -70,6 +70,7 @@ class Writer:
                  commit_max: int = 500, linger_s: float = 0.005) -> None:
         self.buffer = buffer
         self._metrics = metrics
+        self.metrics = metrics
         self._keys = keys
         self._commit_max = commit_max
         self._linger = linger_s
