@@ -77,6 +77,7 @@ def _buffer_checks(cfg: DoctorConfig) -> list[Check]:
         checks.append(_disk(cfg.buffer))
         checks.append(_quota(conn, cfg))
         checks.append(_meter_clocks(conn))
+        checks.append(_meter_limits(conn))
     finally:
         conn.close()
     return checks
@@ -95,6 +96,22 @@ def _integrity(conn: sqlite3.Connection, path: Path) -> Check:
                      f"stop the agent and run: sqlite3 {path} 'PRAGMA quick_check'")
     return Check("integrity", "FAIL", "damaged: " + "; ".join(result.problems[:3]),
                  f"stop the agent, move the file aside and salvage it: {REPAIR}")
+
+
+def _meter_limits(conn: sqlite3.Connection) -> Check:
+    """Meters the agent cut off for flooding (edge/guard.py): their later messages were acked unstored."""
+    try:
+        rows = conn.execute("SELECT meter_id, detail, messages, bytes FROM meter_limits "
+                            "ORDER BY cut_off_at DESC LIMIT 5").fetchall()
+        total = int(conn.execute("SELECT count(*) FROM meter_limits").fetchone()[0])
+    except sqlite3.OperationalError:  # a buffer from before the table existed
+        return Check("meter limits", "SKIP", "this buffer has no meter_limits table (an older agent)")
+    if not rows:
+        return Check("meter limits", "OK", "no meter went over the per-meter rate/byte limits")
+    named = ", ".join(f"{m} ({n:,} messages, {b / 2**20:.1f} MiB not stored: {d})" for m, d, n, b in rows)
+    return Check("meter limits", "FAIL", f"{total} meter(s) cut off for flooding: {named}",
+                 "find out why (tampering? a broken meter?); once fixed, re-enable its broker account: "
+                 "mosquitto_ctrl -u edge-agent dynsec enableClient METER_ID (docs/edge-agent.md, \"Abusive meters\")")
 
 
 def _writable(path: Path) -> Check:

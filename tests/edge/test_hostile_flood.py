@@ -5,7 +5,10 @@ flooder is cut off and recorded; when the cloud returns every honest reading is 
 
 from __future__ import annotations
 
+import json
 import secrets
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -18,7 +21,7 @@ from gridtokenx.harness.standin import Fleet, make_meters, reading_payload
 from protocol import topics
 from runtime.config import BrokerURL
 from tests.conftest import BrokerFactory
-from tests.edge.conftest import GATEWAY, Agent, Rig
+from tests.edge.conftest import GATEWAY, ROOT, Agent, Rig
 from tests.helpers import wait_for
 
 FLOODER = "mflood"
@@ -91,6 +94,11 @@ def _run_flood(rig: Rig, agent: Agent, seconds: float, *, qos: int = 1, honest_m
     assert limited == 1, "the flooding meter is not recorded in meter_limits"
     metrics = agent.metrics()
     assert metrics.get('gridtokenx_edge_meter_limited_total{reason="rate_limited"}', 0) > 0
+    doctor = subprocess.run([sys.executable, "-m", "gridtokenx", "edge", "inspect", "doctor", "--db",
+                             str(agent.buffer), "--json"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                            check=False)
+    limits = {c["name"]: c for c in json.loads(doctor.stdout)}["meter limits"]
+    assert limits["status"] == "FAIL" and FLOODER in limits["detail"], limits
     # The cloud returns: every honest reading is forwarded.
     rig.cloud.start()
     cloud = rig.standin().start()
