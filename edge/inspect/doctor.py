@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sqlite3
 import statistics
 import time
@@ -50,9 +51,15 @@ class DoctorConfig:
     client_id: str = field(default_factory=lambda: f"gtx-inspect-{os.getpid()}")
 
 
+#: The edge broker makes the client id the username on every listener (no session takeover), so a
+#: login as the agent's account would take over the running agent's persistent session (and with a
+#: clean session, wipe what is queued for it). The doctor never logs in as it on the edge broker.
+AGENT_USER = "edge-agent"
+
+
 def run(cfg: DoctorConfig) -> list[Check]:
     checks = _buffer_checks(cfg)
-    checks.append(_broker_check("edge broker", cfg.edge_broker, "GRIDTOKENX_EDGE_BROKER_URL", cfg))
+    checks.append(_edge_broker_check(cfg))
     checks.append(_broker_check("cloud broker", cfg.cloud_broker, "GRIDTOKENX_CLOUD_BROKER_URL", cfg))
     checks.append(_broker_clock(cfg))
     return checks
@@ -278,12 +285,37 @@ def _broker_check(name: str, url_text: str | None, env: str, cfg: DoctorConfig) 
     return Check(name, "OK", f"{url}: connected and authenticated")
 
 
+def _edge_broker_check(cfg: DoctorConfig) -> Check:
+    name, env = "edge broker", "GRIDTOKENX_EDGE_BROKER_URL"
+    url = _parse_url(name, cfg.edge_broker, env)
+    if isinstance(url, Check) or url.username != AGENT_USER:
+        return _broker_check(name, cfg.edge_broker, env, cfg)
+    if not cfg.inspector:
+        try:  # reachable at all? (a TCP connect is no login: it takes nothing over)
+            socket.create_connection((url.host, url.port), timeout=cfg.timeout).close()
+        except OSError as exc:
+            return Check(name, "FAIL", f"{url}: cannot connect ({exc.strerror or exc})",
+                         f"start the broker or fix host:port in {env}; check the firewall")
+        return Check(name, "SKIP", f"{url}: reachable; not logging in as {AGENT_USER} (it would take over the agent's "
+                     "session: the edge broker makes the client id the username)",
+                     "pass --inspector-url with the edge-inspector account, or read edge_connected in the "
+                     "agent's /healthz")
+    check = _broker_check(name, cfg.inspector, "GRIDTOKENX_EDGE_INSPECTOR_URL", cfg)
+    if check.status == "OK":
+        return Check(name, "OK", f"{check.detail} as the inspector (never as {AGENT_USER}, whose session it "
+                     "would take over; the agent's own login shows in its /healthz)")
+    return check
+
+
 def _broker_clock(cfg: DoctorConfig) -> Check:
     name = "broker clock"
     env = "GRIDTOKENX_EDGE_INSPECTOR_URL"
     url = _parse_url(name, cfg.inspector or cfg.edge_broker, env)
     if isinstance(url, Check):
         return url
+    if url.username == AGENT_USER:
+        return Check(name, "SKIP", f"not logging in as {AGENT_USER} (it would take over the agent's session)",
+                     "pass --inspector-url with the edge-inspector account")
     session = _open(name, url, env, cfg)
     if isinstance(session, Check):
         return Check(name, "SKIP", session.detail, session.fix)

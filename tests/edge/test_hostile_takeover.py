@@ -106,3 +106,36 @@ def test_a_meter_cannot_kick_another_meter_with_its_client_id(broker_factory: Br
     finally:
         victim.disconnect()
         victim.loop_stop()
+
+
+def test_doctor_with_the_agents_credentials_never_takes_over_its_session(broker_factory: BrokerFactory,
+                                                                         tmp_path: Path) -> None:
+    """Variant: the technician runs `doctor` with the agent's environment (GRIDTOKENX_EDGE_BROKER_URL
+    holds the agent's account). Since the broker makes the client id the username, a login as
+    edge-agent would kick the agent and, with a clean session, wipe what is queued for it."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.edge.conftest import ROOT
+
+    edge = broker_factory("edge", users={"sim-fleet": secrets.token_urlsafe(12)})
+    agent = _agent(edge, tmp_path)
+    try:
+        agent.start()
+        out = subprocess.run([sys.executable, "-m", "gridtokenx", "edge", "inspect", "doctor", "--db",
+                              str(agent.buffer),
+                              "--edge-broker-url", edge.url_for("edge-agent"), "--json"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60, check=False)
+        checks = {c["name"]: c for c in json.loads(out.stdout)}
+        assert checks["edge broker"]["status"] == "SKIP" and "take over" in checks["edge broker"]["detail"]
+        assert checks["broker clock"]["status"] == "SKIP"
+        with Fleet(BrokerURL.parse(edge.url_for("sim-fleet"))) as fleet:
+            fleet.publish(interleaved(make_meters(5), 10))
+        wait_for(lambda: agent.count("SELECT count(*) FROM readings") == 50, timeout=30, message="50 readings")
+        assert "connection lost" not in agent.output()
+        assert agent.terminate() == 0
+    finally:
+        if agent.proc is not None and agent.proc.poll() is None:
+            agent.proc.kill()
+            agent.proc.wait()
