@@ -60,6 +60,7 @@ async def run_agent(settings: EdgeSettings) -> int:
 
     writer.guard = Guard(Limits(settings.meter_rate, settings.meter_burst, settings.meter_byte_rate,
                                 settings.meter_byte_burst), on_cut_off=cut_off)
+
     def stored() -> None:
         loop.call_soon_threadsafe(forwarder.wake)
 
