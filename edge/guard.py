@@ -30,8 +30,8 @@ class Limits:
     """Messages per second, sustained."""
     burst: float = 10_000.0
     """Messages at once (a meter catching up after an outage)."""
-    byte_rate: float = 2 * 1024 * 1024
-    byte_burst: float = 32 * 1024 * 1024
+    byte_rate: float = 1024 * 1024
+    byte_burst: float = 8 * 1024 * 1024
 
     @property
     def enabled(self) -> bool:

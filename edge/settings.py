@@ -57,8 +57,8 @@ class EdgeSettings:
     meter_rate: float = field(default=100.0, metadata={"env": "GRIDTOKENX_EDGE_METER_RATE"})
     """Messages/s one meter may sustain; 0 turns the limits off."""
     meter_burst: float = field(default=10_000.0, metadata={"env": "GRIDTOKENX_EDGE_METER_BURST"})
-    meter_byte_rate: float = field(default=2 * 1024 * 1024.0, metadata={"env": "GRIDTOKENX_EDGE_METER_BYTE_RATE"})
-    meter_byte_burst: float = field(default=32 * 1024 * 1024.0, metadata={"env": "GRIDTOKENX_EDGE_METER_BYTE_BURST"})
+    meter_byte_rate: float = field(default=1024 * 1024.0, metadata={"env": "GRIDTOKENX_EDGE_METER_BYTE_RATE"})
+    meter_byte_burst: float = field(default=8 * 1024 * 1024.0, metadata={"env": "GRIDTOKENX_EDGE_METER_BYTE_BURST"})
 
     # Forwarding
     batch_size: int = field(default=500, metadata={"env": "GRIDTOKENX_EDGE_BATCH_SIZE"})

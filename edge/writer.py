@@ -16,7 +16,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -78,6 +78,8 @@ class Writer:
         self.guard: Guard | None = None
         self._q0_limited: dict[str, LimitedCount] = {}
         self._q0_lock = threading.Lock()
+        self._counted: set[int] = set()
+        """ids of the Limited items of the group being committed whose count is already stored."""
         self._thread = threading.Thread(target=self._main, name="edge-writer", daemon=True)
         self.ack: Acker = lambda _mid, _qos, _gen: None
         self.on_stored: Callable[[], None] = lambda: None
@@ -258,7 +260,7 @@ class Writer:
         except Exception as exc:  # reported to the caller, who decides; the writer goes on
             call.future.set_exception(exc)
 
-    def _take_limited(self, messages: list[Incoming | Limited]) -> dict[str, LimitedCount]:
+    def _take_limited(self, messages: Sequence[Incoming | Limited]) -> dict[str, LimitedCount]:
         with self._q0_lock:
             limited, self._q0_limited = self._q0_limited, {}
         cut_off = self.guard.cut_off if self.guard is not None else {}
@@ -285,7 +287,10 @@ class Writer:
             log.debug("meter %s is cut off: %d message(s) acked unstored", meter, c.messages)
 
     def _commit(self, messages: list[Incoming | Limited]) -> None:
-        self._record_limited(self._take_limited(messages))
+        # Counted once even when the ingest below hits a full disk and the group is retried.
+        fresh = [m for m in messages if isinstance(m, Limited) and id(m) not in self._counted]
+        self._record_limited(self._take_limited(fresh))
+        self._counted.update(id(m) for m in fresh)
         incoming = [m for m in messages if isinstance(m, Incoming)]
         verdicts = [screen(m.topic, m.payload, self._keys) for m in incoming]
         started = time.perf_counter()
@@ -296,6 +301,7 @@ class Writer:
             if m.qos > 0:
                 self.ack(m.mid, m.qos, m.generation)
         self._account(len(messages), outcome)
+        self._counted.clear()
         if outcome.stored:
             self.on_stored()
 

@@ -103,8 +103,11 @@ def _run_flood(rig: Rig, agent: Agent, seconds: float, *, qos: int = 1, honest_m
     rig.cloud.start()
     cloud = rig.standin().start()
     try:
-        wait_for(lambda: acked <= cloud.seen.keys, timeout=120, interval=0.2,
-                 message="every honest reading at the cloud")
+        def at_cloud() -> set[tuple[str, int]]:
+            with cloud.seen.lock:
+                return set(cloud.seen.keys)
+
+        wait_for(lambda: acked <= at_cloud(), timeout=120, interval=0.2, message="every honest reading at the cloud")
     finally:
         cloud.stop()
     print(f"\nflood {seconds:.0f} s (qos {qos}): flooder published {flooded[0]:,} x 4000 B; "
