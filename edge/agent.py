@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from typing import Any
 
 from edge.buffer import Buffer, Quota
 from edge.forwarder import Forwarder
+from edge.guard import Guard, Limits
 from edge.metrics import EdgeMetrics
 from edge.receiver import Receiver
 from edge.settings import EdgeSettings
@@ -35,7 +37,8 @@ async def run_agent(settings: EdgeSettings, stopping: asyncio.Event) -> int:
     """Run until `stopping` is set (the runner sets it on SIGTERM/SIGINT); returns the exit code."""
     keys = read_public_keys(settings.meter_keys) if settings.meter_keys else None
     buffer = Buffer.open(settings.buffer, gateway_id=settings.gateway_id,
-                         quota=Quota(settings.max_rows, settings.max_bytes, settings.quota_policy),
+                         quota=Quota(settings.max_rows, settings.max_bytes, settings.quota_policy,
+                                     settings.max_evidence_bytes),
                          ttl_seconds=settings.ttl_seconds, synchronous=settings.synchronous)
     metrics = EdgeMetrics()
     metrics.watch_buffer(lambda: buffer.counts, lambda: buffer.oldest_pending_at)
@@ -49,6 +52,14 @@ async def run_agent(settings: EdgeSettings, stopping: asyncio.Event) -> int:
                         ca_file=str(settings.edge_broker_ca) if settings.edge_broker_ca else None,
                         on_connection=lambda up: metrics.edge_connected.set(1 if up else 0))
     writer.ack = receiver.ack
+
+    def cut_off(meter_id: str, why: str) -> None:
+        metrics.meters_cut_off.inc()
+        receiver.disable_meter(meter_id, why)
+
+    writer.guard = Guard(Limits(settings.meter_rate, settings.meter_burst, settings.meter_byte_rate,
+                                settings.meter_byte_burst), on_cut_off=cut_off)
+
     def stored() -> None:
         loop.call_soon_threadsafe(forwarder.wake)
 
@@ -59,6 +70,8 @@ async def run_agent(settings: EdgeSettings, stopping: asyncio.Event) -> int:
         loop.call_soon_threadsafe(stopping.set)
 
     writer.on_failure = writer_failed
+    writer.on_disk_full = lambda full: metrics.disk_full.set(1 if full else 0)
+    metrics.clock_steps.set_function(lambda: buffer.clock_steps)
 
     def health() -> dict[str, Any]:
         # Healthy = meters' readings are being taken and committed. A cloud outage is the agent's job
@@ -70,7 +83,7 @@ async def run_agent(settings: EdgeSettings, stopping: asyncio.Event) -> int:
                 "cloud_connected": forwarder.connected, "writer_alive": writer.alive,
                 "oldest_pending_age_s": round(time.time() - oldest, 1) if oldest else None,
                 "last_cloud_ack_age_s": round(time.monotonic() - last_ack, 1) if last_ack else None,
-                "pending": c.pending, "inflight": c.inflight, "rejected": c.rejected,
+                "disk_full": writer.disk_full, "pending": c.pending, "inflight": c.inflight, "rejected": c.rejected,
                 "batches_in_flight": forwarder.in_flight, "gateway_id": settings.gateway_id}
 
     server = ObservabilityServer(host=settings.metrics_host, port=settings.metrics_port, health=health)
@@ -126,19 +139,32 @@ async def _housekeeping(writer: Writer, forwarder: Forwarder, stopping: asyncio.
             await asyncio.wait_for(stopping.wait(), HOUSEKEEPING_S)
         if stopping.is_set():
             return
+        try:
+            await _chores(writer, forwarder)
+        except sqlite3.OperationalError as exc:  # a full disk: the writer says so; try again next second
+            log.debug("housekeeping skipped: %s", exc)
+            continue
         now = time.monotonic()
-        if await writer.call(lambda b: b.changed_elsewhere()):
-            counts = await writer.call(lambda b: b.resync())
-            log.info("the buffer was changed by another process (inspector?): now %d pending, %d rejected",
-                     counts.pending, counts.rejected)
-            forwarder.wake()
-        await writer.call(lambda b: b.refresh_oldest())
         if now - last_expire >= expire_every:
             last_expire = now
-            drops = await writer.call(lambda b: b.expire(time.time()))
-            if drops:
-                writer.account_drops(drops)
+            with contextlib.suppress(sqlite3.OperationalError):
+                drops = await writer.call(lambda b: b.expire(time.time()))
+                if drops:
+                    writer.account_drops(drops)
+                await writer.call(lambda b: b.expire_evidence(time.time()))
+                writer.metrics.expire_runs.inc()
         if now - last_resync >= RESYNC_EVERY_S:
             last_resync = now
-            await writer.call(lambda b: (b.resync(), b.prune_batches(time.time())))
-            await forwarder.requeue_orphans()
+            with contextlib.suppress(sqlite3.OperationalError):
+                await writer.call(lambda b: (b.resync(), b.prune_batches(time.time()), b.keep_reserve()))
+                await forwarder.requeue_orphans()
+
+
+async def _chores(writer: Writer, forwarder: Forwarder) -> None:
+    if await writer.call(lambda b: b.changed_elsewhere()):
+        counts = await writer.call(lambda b: b.resync())
+        log.info("the buffer was changed by another process (inspector?): now %d pending, %d rejected",
+                 counts.pending, counts.rejected)
+        forwarder.wake()
+    await writer.call(lambda b: b.refresh_oldest())
+    await writer.call(lambda _b: writer.flush_limited())  # counts of cut-off meters' QoS 0 messages

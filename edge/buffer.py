@@ -9,6 +9,7 @@ requeue or purge rows behind our back.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import time
@@ -16,9 +17,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge.clock import StepDetector, anchor, step_since
+from edge.integrity import damaged_sentence, is_damage, is_full, quick_check
+from edge.reserve import ensure_reserve
 from edge.screening import Accepted, Quarantined, Verdict
 from protocol.envelopes import AckItem
 from protocol.reasons import Reason
+from protocol.wire import MAX_PAYLOAD_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +32,18 @@ AGENT_VERSION = "0.1.0"
 #: How many oldest pending rows one TTL pass looks at; the rest wait for the next pass.
 EXPIRE_CHUNK = 5000
 BATCH_HISTORY_S = 7 * 86400.0
+#: How long the integrity check at open may take (a larger file is checked in part: see edge.integrity).
+OPEN_CHECK_S = 10.0
+
+
+class BufferDamaged(RuntimeError):
+    """The buffer file is corrupt; the message is one sentence pointing to the repair steps."""
+
+
+#: Quarantined payloads larger than the protocol allows keep only their first bytes (the evidence
+#: that matters is "this meter sent N bytes"; a flood of them must not fill the disk).
+EVIDENCE_HEAD = 1024
+DEFAULT_EVIDENCE_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +51,9 @@ class Quota:
     max_rows: int
     max_bytes: int
     policy: str  # drop_oldest | reject_new
+    evidence_bytes: int = DEFAULT_EVIDENCE_BYTES
+    """Quarantined payloads + rejected readings (kept as evidence, never forwarded): beyond it the
+    oldest evidence goes first (counted; a rejected reading also gets a drops row)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,11 +67,21 @@ class Drop:
 
 
 @dataclass(slots=True)
+class LimitedCount:
+    """Messages of one cut-off meter, acked without being stored."""
+    detail: str
+    messages: int = 0
+    bytes: int = 0
+
+
+@dataclass(slots=True)
 class IngestOutcome:
     stored: int = 0
     duplicates: int = 0
     quarantined: Counter[str] = field(default_factory=Counter)
     drops: list[Drop] = field(default_factory=list)
+    evicted: int = 0
+    """Evidence rows (quarantine, rejected) removed by the evidence quota."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +107,8 @@ class Counts:
     backlog_bytes: int = 0
     """Bytes of pending + inflight rows: what the byte quota limits."""
     rejected_bytes: int = 0
+    quarantine_rows: int = 0
+    quarantine_bytes: int = 0
 
 
 def _schema_sql() -> str:
@@ -86,16 +118,33 @@ def _schema_sql() -> str:
 class Buffer:
     def __init__(self, conn: sqlite3.Connection, quota: Quota, ttl_seconds: float) -> None:
         self._db = conn
+        self.path: Path | None = None
         self.quota = quota
         self.ttl_seconds = ttl_seconds
         self.counts = Counts()
         self.oldest_pending_at: float | None = None
         self._data_version = 0
+        self.clock = StepDetector()
+        self.clock_steps = 0
+        """Wall-clock steps seen (and corrected for) since the agent started."""
 
     @classmethod
     def open(cls, path: Path, *, gateway_id: str, quota: Quota, ttl_seconds: float = 0.0,
              synchronous: str = "NORMAL") -> Buffer:
-        """Open (creating if needed) and recover: rows left in flight by a crash become pending again."""
+        """Open (creating if needed) and recover: rows left in flight by a crash become pending again.
+
+        A damaged file (quick_check, bounded) raises BufferDamaged instead: writing into it could only
+        spread the damage."""
+        try:
+            return cls._open(path, gateway_id=gateway_id, quota=quota, ttl_seconds=ttl_seconds,
+                             synchronous=synchronous)
+        except sqlite3.DatabaseError as exc:
+            if is_damage(exc):
+                raise BufferDamaged(damaged_sentence(path, str(exc))) from None
+            raise
+
+    @classmethod
+    def _open(cls, path: Path, *, gateway_id: str, quota: Quota, ttl_seconds: float, synchronous: str) -> Buffer:
         path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per method.
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -109,11 +158,49 @@ class Buffer:
             conn.close()
             raise RuntimeError(f"buffer {path} has schema version {version}; this agent reads version "
                                f"{SCHEMA_VERSION}: move it aside or upgrade the agent")
-        conn.executescript(_schema_sql())
-        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        integrity = quick_check(conn, max_seconds=OPEN_CHECK_S, max_problems=3)
+        if integrity.ok is False:
+            conn.close()
+            raise BufferDamaged(damaged_sentence(path, "; ".join(integrity.problems)))
+        if integrity.ok is None:
+            log.warning("integrity check of %s not finished within %.0f s (a large file); run "
+                        "`gridtokenx edge inspect doctor` for a full one", path, OPEN_CHECK_S)
+        try:
+            conn.executescript(_schema_sql())
+            if version != SCHEMA_VERSION:
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.OperationalError as exc:
+            if not (is_full(exc) and version == SCHEMA_VERSION):
+                raise
+            log.error("the disk under %s is full: schema additions wait for the next start", path)
         buf = cls(conn, quota, ttl_seconds)
+        buf.path = path
+        try:
+            requeued = buf._start_meta(gateway_id, synchronous)
+        except sqlite3.OperationalError as exc:
+            if not is_full(exc):
+                raise
+            # A full disk must not crash-loop the agent: it starts, acks nothing it cannot store, and
+            # rows left in flight go back to pending by the orphan safety net once space returns.
+            log.error("the disk under %s is full: the agent starts but stores (and acks) nothing until "
+                      "space is freed", path)
+            requeued = 0
+        if requeued:
+            log.info("recovered %d readings left in flight by the previous run; they will be re-sent", requeued)
+        buf.resync()
+        buf.changed_elsewhere()  # the baseline: from here on, only other connections' commits count
+        ensure_reserve(path)
+        return buf
+
+    def _start_meta(self, gateway_id: str, synchronous: str) -> int:
+        conn, quota, ttl_seconds = self._db, self.quota, self.ttl_seconds
         now = time.time()
-        with buf._tx():
+        saved = conn.execute("SELECT value FROM meta WHERE key = 'clock_anchor'").fetchone()
+        step = step_since(saved[0] if saved else None, now)
+        if step:
+            self._shift(step, "while the agent was stopped")
+        with self._tx():
+            self._save_anchor(now)
             conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('created_at', ?)", (str(now),))
             for key, value in (("gateway_id", gateway_id), ("agent_version", AGENT_VERSION),
                                ("quota_max_rows", str(quota.max_rows)), ("quota_max_bytes", str(quota.max_bytes)),
@@ -122,14 +209,12 @@ class Buffer:
                 conn.execute("INSERT INTO meta(key, value) VALUES (?, ?) "
                              "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
             requeued = conn.execute("UPDATE readings SET state = 'pending' WHERE state = 'inflight'").rowcount
-        if requeued:
-            log.info("recovered %d readings left in flight by the previous run; they will be re-sent", requeued)
-        buf.resync()
-        buf.changed_elsewhere()  # the baseline: from here on, only other connections' commits count
-        return buf
+        return int(requeued)
 
     def close(self) -> None:
         try:
+            with contextlib.suppress(sqlite3.Error), self._tx():
+                self._save_anchor(time.time())  # a step while the agent is stopped is measured from here
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             self._db.close()
@@ -147,8 +232,36 @@ class Buffer:
 
     # -- ingest -------------------------------------------------------------------------------
 
+    # -- the wall clock -------------------------------------------------------------------------
+
+    def follow_clock(self) -> float:
+        """Notice a wall-clock step since the last call and shift every stored stamp by it, so ages
+        and TTLs count real waiting time. Called first by ingest and the TTL passes (the writer thread)."""
+        step = self.clock.step()
+        if step:
+            self._shift(step, "while the agent ran")
+        return step
+
+    def _shift(self, step: float, when: str) -> None:
+        with self._tx():
+            n = self._db.execute("UPDATE readings SET received_at = received_at + ?", (step,)).rowcount
+            self._db.execute("UPDATE quarantine SET received_at = received_at + ?", (step,))
+            self._save_anchor(time.time())
+            self._bump({"clock_steps": 1})
+        self.clock_steps += 1
+        if self.oldest_pending_at is not None:
+            self.oldest_pending_at += step
+        log.warning("the gateway's wall clock stepped by %+.0f s %s; the receive times of %d buffered readings "
+                    "moved with it, so TTLs and ages count real waiting time (check NTP: timedatectl)",
+                    step, when, n)
+
+    def _save_anchor(self, now: float) -> None:
+        self._db.execute("INSERT INTO meta(key, value) VALUES ('clock_anchor', ?) "
+                         "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (anchor(now),))
+
     def ingest(self, verdicts: list[Verdict], now: float) -> IngestOutcome:
         """Store a group of screened messages in one transaction. After it returns they may be acked."""
+        self.follow_clock()
         out = IngestOutcome()
         db = self._db
         with self._tx():
@@ -173,9 +286,39 @@ class Buffer:
                 out.stored += 1
                 if self.oldest_pending_at is None:
                     self.oldest_pending_at = now
+            if out.quarantined:
+                self._trim_evidence(now, out)
             self._bump({"received": len(verdicts), "stored": out.stored, "duplicates": out.duplicates,
-                        "quarantined": sum(out.quarantined.values()), "dropped": len(out.drops)})
+                        "quarantined": sum(out.quarantined.values()), "dropped": len(out.drops),
+                        "evidence_evicted": out.evicted})
         return out
+
+    def _trim_evidence(self, now: float, out: IngestOutcome) -> None:
+        """Keep quarantine + rejected bytes under the evidence quota: oldest quarantine rows first, then
+        the oldest rejected readings (each of those leaves a drops row)."""
+        c, limit = self.counts, self.quota.evidence_bytes
+        while (excess := c.quarantine_bytes + c.rejected_bytes - limit) > 0 and c.quarantine_rows > 0:
+            average = max(1, c.quarantine_bytes // c.quarantine_rows)
+            rows = self._db.execute(
+                "DELETE FROM quarantine WHERE id IN (SELECT id FROM quarantine ORDER BY id LIMIT ?) "
+                "RETURNING length(payload)", (max(1, min(100, -(-excess // average))),)).fetchall()
+            if not rows:
+                c.quarantine_rows = 0
+                break
+            c.quarantine_rows -= len(rows)
+            c.quarantine_bytes -= sum(r[0] for r in rows)
+            out.evicted += len(rows)
+        while c.quarantine_bytes + c.rejected_bytes > limit and c.rejected > 0:
+            row = self._db.execute(
+                "DELETE FROM readings WHERE id = (SELECT id FROM readings WHERE state = 'rejected' ORDER BY id "
+                "LIMIT 1) RETURNING meter_id, seq, size, received_at").fetchone()
+            if row is None:
+                break
+            c.rejected -= 1
+            c.rejected_bytes -= row[2]
+            out.evicted += 1
+            self._drop(Drop(row[0], row[1], row[2], row[3], Reason.QUOTA_DROPPED,
+                            "evidence quota full: a rejected reading kept as evidence was removed"), now, out)
 
     def _held(self, v: Accepted, now: float, out: IngestOutcome) -> bool:
         """True when the buffer already holds (meter_id, seq): a duplicate, or equivocation evidence."""
@@ -195,6 +338,11 @@ class Buffer:
 
     def _quarantine(self, topic: str, payload: bytes, meter_id: str | None, seq: int | None,
                     reason: Reason, detail: str, now: float) -> None:
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            detail = f"{detail} (first {EVIDENCE_HEAD} of {len(payload)} bytes kept)"
+            payload = payload[:EVIDENCE_HEAD]
+        self.counts.quarantine_rows += 1
+        self.counts.quarantine_bytes += len(payload)
         self._db.execute("INSERT INTO quarantine(topic, payload, meter_id, seq, reason, detail, received_at) "
                          "VALUES (?, ?, ?, ?, ?, ?, ?)", (topic, payload, meter_id, seq, reason.value, detail, now))
 
@@ -237,6 +385,19 @@ class Buffer:
                          "VALUES (?, ?, ?, ?, ?, ?, ?)",
                          (d.meter_id, d.seq, d.size, d.reason.value, d.detail, d.received_at, now))
         out.drops.append(d)
+
+    def record_limited(self, limited: dict[str, LimitedCount], now: float) -> None:
+        """Count messages of cut-off meters (acked, not stored): one upsert per meter, one transaction."""
+        if not limited:
+            return
+        with self._tx():
+            self._db.executemany(
+                "INSERT INTO meter_limits(meter_id, reason, detail, cut_off_at, last_at, messages, bytes) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(meter_id) DO UPDATE SET last_at = excluded.last_at, "
+                "messages = messages + excluded.messages, bytes = bytes + excluded.bytes",
+                [(m, Reason.RATE_LIMITED.value, c.detail, now, now, c.messages, c.bytes)
+                 for m, c in limited.items()])
+            self._bump({"rate_limited": sum(c.messages for c in limited.values())})
 
     # -- forwarding ---------------------------------------------------------------------------
 
@@ -329,10 +490,36 @@ class Buffer:
 
     # -- housekeeping -------------------------------------------------------------------------
 
+    def expire_evidence(self, now: float) -> int:
+        """Quarantined payloads and rejected readings older than the TTL go too (evidence is kept as
+        long as a reading may wait, not forever); a rejected reading leaves a drops row."""
+        if self.ttl_seconds <= 0:
+            return 0
+        self.follow_clock()
+        cutoff = now - self.ttl_seconds
+        out = IngestOutcome()
+        with self._tx():
+            q = self._db.execute(
+                "DELETE FROM quarantine WHERE id IN (SELECT id FROM quarantine WHERE received_at < ? "
+                "ORDER BY id LIMIT ?) RETURNING length(payload)", (cutoff, EXPIRE_CHUNK)).fetchall()
+            self.counts.quarantine_rows -= len(q)
+            self.counts.quarantine_bytes -= sum(r[0] for r in q)
+            for meter_id, seq, size, received_at in self._db.execute(
+                    "DELETE FROM readings WHERE id IN (SELECT id FROM readings WHERE state = 'rejected' AND "
+                    "received_at < ? ORDER BY id LIMIT ?) RETURNING meter_id, seq, size, received_at",
+                    (cutoff, EXPIRE_CHUNK)).fetchall():
+                self.counts.rejected -= 1
+                self.counts.rejected_bytes -= size
+                self._drop(Drop(meter_id, seq, size, received_at, Reason.EXPIRED,
+                                f"rejected reading kept longer than the TTL of {self.ttl_seconds:g} s"), now, out)
+            self._bump({"evidence_expired": len(q) + len(out.drops), "dropped": len(out.drops)})
+        return len(q) + len(out.drops)
+
     def expire(self, now: float) -> list[Drop]:
         """Drop pending readings older than the TTL (oldest first), each recorded in `drops`."""
         if self.ttl_seconds <= 0:
             return []
+        self.follow_clock()
         cutoff = now - self.ttl_seconds
         candidates = self._db.execute("SELECT id, received_at FROM readings WHERE state = 'pending' "
                                       "ORDER BY id LIMIT ?", (EXPIRE_CHUNK,)).fetchall()
@@ -369,8 +556,13 @@ class Buffer:
             self.resync()
         return n
 
+    def keep_reserve(self) -> bool:
+        """Recreate the disk-space reserve a purge released (edge.reserve), once there is room."""
+        return self.path is None or ensure_reserve(self.path)
+
     def prune_batches(self, now: float) -> int:
         with self._tx():
+            self._save_anchor(now)  # once a minute: a step while the agent is down is measured from here
             return self._db.execute("DELETE FROM batches WHERE acked_at IS NOT NULL AND acked_at < ?",
                                     (now - BATCH_HISTORY_S,)).rowcount
 
@@ -391,6 +583,8 @@ class Buffer:
                 c.inflight, c.backlog_bytes = n, c.backlog_bytes + size
             else:
                 c.rejected, c.rejected_bytes = n, size
+        c.quarantine_rows, c.quarantine_bytes = self._db.execute(
+            "SELECT count(*), coalesce(sum(length(payload)), 0) FROM quarantine").fetchone()
         self.counts = c
         self.refresh_oldest()
         return c
@@ -421,4 +615,7 @@ class _Tx:
         self._db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, *_: object) -> None:
-        self._db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+        if exc_type is None:
+            self._db.execute("COMMIT")
+        elif self._db.in_transaction:  # SQLITE_FULL and I/O errors roll back by themselves
+            self._db.execute("ROLLBACK")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import ssl
 import time
 import uuid
@@ -102,10 +103,12 @@ class Forwarder:
                              self._s.cloud_url.username)
                     await self._session(client)
                     return
-            except* aiomqtt.MqttError as group:
+            except* (aiomqtt.MqttError, sqlite3.OperationalError) as group:
+                # A full disk (SQLITE_FULL on a claim or an ack) pauses forwarding like a lost
+                # connection: batches in memory are re-sent, rows left inflight are requeued.
                 self._set_connected(False)
                 delay = backoff.next()
-                log.warning("cloud broker unavailable (%s); retrying in %.1f s",
+                log.warning("forwarding paused (%s); retrying in %.1f s",
                             "; ".join(str(e) for e in group.exceptions), delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wait_stop(), delay)

@@ -31,6 +31,19 @@ class EdgeMetrics:
                                    ["reason"], registry=registry)
         self.dropped = Counter(p + "dropped", "Readings removed without a cloud ack (quota, TTL)", ["reason"],
                                registry=registry)
+        self.meter_limited = Counter(p + "meter_limited", "Messages of meters cut off by the per-meter limits "
+                                     "(acked, not stored)", ["reason"], registry=registry)
+        self.meter_limited_bytes = Counter(p + "meter_limited_bytes", "Bytes of meters cut off by the per-meter "
+                                           "limits (acked, not stored)", registry=registry)
+        self.meters_cut_off = Gauge(p + "meters_cut_off", "Meters cut off by the per-meter limits since the "
+                                    "agent started", registry=registry)
+        self.evidence_evicted = Counter(p + "evidence_evicted", "Quarantined payloads and rejected readings removed "
+                                        "by the evidence quota (oldest first)", registry=registry)
+        self.clock_steps = Gauge(p + "clock_steps", "Wall-clock steps noticed since the agent started (stored "
+                                 "receive times were shifted by them)", registry=registry)
+        self.expire_runs = Counter(p + "expire_runs", "TTL passes run by the agent", registry=registry)
+        self.disk_full = Gauge(p + "disk_full", "1 while the buffer's disk is full (nothing is stored or acked; "
+                               "the broker keeps the readings)", registry=registry)
         for reason in (Reason.QUOTA_DROPPED, Reason.EXPIRED):  # exported at 0, so a first burst is an increase
             self.dropped.labels(reason.value)
         self.bad_acks = Counter(p + "bad_acks", "Ack envelopes that could not be decoded or were not ours",

@@ -8,6 +8,7 @@ crash or disconnect is re-delivered by the broker with the DUP flag.
 
 from __future__ import annotations
 
+import json
 import logging
 import ssl
 import threading
@@ -24,6 +25,13 @@ from protocol.topics import METER_READINGS_FILTER
 from runtime.config import BrokerURL
 
 log = logging.getLogger(__name__)
+
+#: Mosquitto's dynamic-security plugin (broker-config/edge/mosquitto.conf): the agent may disable a
+#: meter's account there (edge.guard). Its ACL grants exactly these two topics.
+DYNSEC_TOPIC = "$CONTROL/dynamic-security/v1"
+DYNSEC_RESPONSE = DYNSEC_TOPIC + "/response"
+#: Accounts the agent never disables, whatever their topics do (services, and the dev fleet user).
+SERVICE_ACCOUNTS = frozenset({"edge-agent", "edge-inspector", "sim-fleet"})
 
 Sink = Callable[[str, bytes, int, int, int], None]
 """(topic, payload, mid, qos, connection generation)"""
@@ -99,6 +107,50 @@ class _BulkReadClient(mqtt.Client):
                 return MQTTErrorCode.MQTT_ERR_SUCCESS
 
 
+def init_session(url: BrokerURL, *, client_id: str, ca_file: str | None = None, timeout: float = 30.0) -> None:
+    """Create the agent's persistent session (subscribed at QoS 1) and leave: from then on the broker
+    queues every meter's reading for the agent, even before the agent's first start.
+
+    Without it, a reading a meter publishes before the agent ever subscribed is PUBACKed and routed
+    to no one (`gridtokenx edge run --init-session`, docs/edge-agent.md "Install order"). Messages the
+    broker delivers meanwhile are not acked: they stay queued for the agent. Raises ConnectionError."""
+    done = threading.Event()
+    failure: list[str] = []
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False, manual_ack=True)
+    if url.username:
+        client.username_pw_set(url.username, url.password)
+    if url.tls:
+        client.tls_set(ca_certs=ca_file, cert_reqs=ssl.CERT_REQUIRED)
+
+    def connected(c: mqtt.Client, _u: Any, _f: mqtt.ConnectFlags, reason: ReasonCode, _p: Properties | None) -> None:
+        if reason.is_failure:
+            failure.append(f"the edge broker refused the connection: {reason}")
+            done.set()
+            return
+        c.subscribe([(METER_READINGS_FILTER, 1), (DYNSEC_RESPONSE, 1)])
+
+    def subscribed(_c: mqtt.Client, _u: Any, _mid: int, codes: list[ReasonCode], _p: Properties | None) -> None:
+        if codes and codes[0].is_failure:
+            failure.append(f"the edge broker refused the subscription to {METER_READINGS_FILTER}: {codes[0]}")
+        done.set()
+
+    client.on_connect = connected
+    client.on_subscribe = subscribed
+    try:
+        client.connect(url.host, url.port, keepalive=30)
+    except OSError as exc:
+        raise ConnectionError(f"cannot reach the edge broker {url}: {exc}") from None
+    client.loop_start()
+    try:
+        if not done.wait(timeout):
+            raise ConnectionError(f"no answer from the edge broker {url} within {timeout:.0f} s")
+        if failure:
+            raise ConnectionError(failure[0])
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
 class Receiver:
     def __init__(self, url: BrokerURL, *, client_id: str, sink: Sink, ca_file: str | None = None,
                  on_connection: Callable[[bool], None] = lambda _up: None) -> None:
@@ -137,6 +189,22 @@ class Receiver:
         if generation == self.generation:
             self._client.ack(mid, qos)
 
+    def disable_meter(self, meter_id: str, why: str) -> None:
+        """Ask the broker to disable `meter_id`'s account (disconnects it, refuses its reconnects).
+
+        The answer arrives on DYNSEC_RESPONSE and is logged. A broker without the plugin (or an ACL
+        without the grant) refuses silently: the meter then stays cut off in the agent only."""
+        if meter_id in SERVICE_ACCOUNTS:
+            log.error("messages on a topic of service account %s went over the per-meter limit (%s); "
+                      "not disabling a service account", meter_id, why)
+            return
+        log.error("meter %s cut off: %s; its further messages are acked and counted, not stored, and "
+                  "its broker account is being disabled (see docs/edge-agent.md, \"Abusive meters\")",
+                  meter_id, why)
+        command = {"commands": [{"command": "createClient", "username": meter_id},
+                                {"command": "disableClient", "username": meter_id}]}
+        self._client.publish(DYNSEC_TOPIC, json.dumps(command), qos=1)
+
     def pause(self) -> None:
         """Stop taking messages (drain): later ones stay un-acked, and the broker keeps them for us."""
         self._paused.set()
@@ -152,7 +220,7 @@ class Receiver:
             return
         # The subscription survives in the persistent session, but subscribing again is harmless and
         # covers a broker that lost its persistence file.
-        client.subscribe(METER_READINGS_FILTER, qos=1)
+        client.subscribe([(METER_READINGS_FILTER, 1), (DYNSEC_RESPONSE, 1)])
         self.generation += 1
         self.connected = True
         self._on_connection(True)
@@ -173,4 +241,21 @@ class Receiver:
             topic = message.topic
         except UnicodeDecodeError:
             topic = "<not UTF-8>"  # quarantined as a topic mismatch, still acked after the commit
+        if topic == DYNSEC_RESPONSE:
+            self._dynsec_response(message)
+            return
         self._sink(topic, bytes(message.payload), message.mid, message.qos, self.generation)
+
+    def _dynsec_response(self, message: mqtt.MQTTMessage) -> None:
+        if message.qos > 0:
+            self._client.ack(message.mid, message.qos)
+        try:
+            responses = json.loads(message.payload).get("responses", [])
+        except (ValueError, AttributeError):
+            responses = []
+        for r in responses:
+            if r.get("command") == "disableClient":
+                if r.get("error"):
+                    log.error("the edge broker did not disable a meter: %s", r["error"])
+                else:
+                    log.warning("the edge broker disabled the cut-off meter's account")

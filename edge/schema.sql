@@ -63,6 +63,19 @@ CREATE TABLE IF NOT EXISTS drops (
 );
 CREATE INDEX IF NOT EXISTS drops_reason ON drops (reason, dropped_at);
 
+-- Meters cut off by the per-meter limits (edge/guard.py): one row per meter, updated while its
+-- messages keep arriving. Those messages were acked to the broker and NOT stored (a flood costs
+-- no disk); `messages`/`bytes` count them. Readings it sent before the cut-off are stored as usual.
+CREATE TABLE IF NOT EXISTS meter_limits (
+    meter_id        TEXT PRIMARY KEY,           -- from the topic (the broker binds topics to accounts)
+    reason          TEXT NOT NULL,              -- 'rate_limited'
+    detail          TEXT,                       -- which limit
+    cut_off_at      REAL NOT NULL,
+    last_at         REAL NOT NULL,
+    messages        INTEGER NOT NULL DEFAULT 0, -- acked without being stored
+    bytes           INTEGER NOT NULL DEFAULT 0
+);
+
 -- Forwarding history: one row per batch, kept for a week (pruned by the agent).
 CREATE TABLE IF NOT EXISTS batches (
     batch_id        TEXT PRIMARY KEY,

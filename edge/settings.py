@@ -44,12 +44,21 @@ class EdgeSettings:
     # Buffer
     max_rows: int = field(default=2_000_000, metadata={"env": "GRIDTOKENX_EDGE_MAX_ROWS"})
     max_bytes: int = field(default=1_073_741_824, metadata={"env": "GRIDTOKENX_EDGE_MAX_BYTES"})
+    max_evidence_bytes: int = field(default=64 * 1024 * 1024, metadata={"env": "GRIDTOKENX_EDGE_MAX_EVIDENCE_BYTES"})
+    """Quarantined payloads + rejected readings kept as evidence; the oldest go first beyond it."""
     quota_policy: str = field(default="drop_oldest", metadata={"env": "GRIDTOKENX_EDGE_QUOTA_POLICY"})
     ttl_seconds: float = field(default=7 * 86400.0, metadata={"env": "GRIDTOKENX_EDGE_TTL_SECONDS"})
     """0 = readings never expire. Default matches the cloud's 7-day maximum reading age."""
     synchronous: str = field(default="NORMAL", metadata={"env": "GRIDTOKENX_EDGE_SYNCHRONOUS"})
     commit_max: int = field(default=500, metadata={"env": "GRIDTOKENX_EDGE_COMMIT_MAX"})
     commit_linger_ms: float = field(default=5.0, metadata={"env": "GRIDTOKENX_EDGE_COMMIT_LINGER_MS"})
+
+    # Per-meter limits (edge/guard.py): a meter above them is cut off and disabled at the broker.
+    meter_rate: float = field(default=100.0, metadata={"env": "GRIDTOKENX_EDGE_METER_RATE"})
+    """Messages/s one meter may sustain; 0 turns the limits off."""
+    meter_burst: float = field(default=10_000.0, metadata={"env": "GRIDTOKENX_EDGE_METER_BURST"})
+    meter_byte_rate: float = field(default=1024 * 1024.0, metadata={"env": "GRIDTOKENX_EDGE_METER_BYTE_RATE"})
+    meter_byte_burst: float = field(default=8 * 1024 * 1024.0, metadata={"env": "GRIDTOKENX_EDGE_METER_BYTE_BURST"})
 
     # Forwarding
     batch_size: int = field(default=500, metadata={"env": "GRIDTOKENX_EDGE_BATCH_SIZE"})
@@ -88,7 +97,7 @@ class EdgeSettings:
             raise ConfigError(f"quota policy {self.quota_policy!r} is unknown; use one of {', '.join(POLICIES)}")
         if self.synchronous.upper() not in SYNCHRONOUS:
             raise ConfigError(f"synchronous {self.synchronous!r} is unknown; use NORMAL or FULL")
-        for name in ("max_rows", "max_bytes", "batch_size", "window", "commit_max"):
+        for name in ("max_rows", "max_bytes", "max_evidence_bytes", "batch_size", "window", "commit_max"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.batch_size > MAX_BATCH_SIZE:

@@ -13,14 +13,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
+import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from edge.buffer import Buffer, Drop, IngestOutcome
+from edge.buffer import Buffer, Drop, IngestOutcome, LimitedCount
+from edge.guard import Guard
+from edge.integrity import damaged_sentence, is_damage, is_full
 from edge.metrics import EdgeMetrics
 from edge.screening import screen
 
@@ -33,6 +36,16 @@ T = TypeVar("T")
 class Incoming:
     topic: str
     payload: bytes
+    mid: int
+    qos: int
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class Limited:
+    """A message of a cut-off meter (edge.guard): acked after its count is committed, never stored."""
+    meter_id: str
+    size: int
     mid: int
     qos: int
     generation: int
@@ -57,21 +70,42 @@ class Writer:
                  commit_max: int = 500, linger_s: float = 0.005) -> None:
         self.buffer = buffer
         self._metrics = metrics
+        self.metrics = metrics
         self._keys = keys
         self._commit_max = commit_max
         self._linger = linger_s
-        self._queue: queue.SimpleQueue[Incoming | _Call | _Stop] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Incoming | Limited | _Call | _Stop] = queue.SimpleQueue()
+        self.guard: Guard | None = None
+        self._q0_limited: dict[str, LimitedCount] = {}
+        self._q0_lock = threading.Lock()
+        self._counted: set[int] = set()
+        """ids of the Limited items of the group being committed whose count is already stored."""
         self._thread = threading.Thread(target=self._main, name="edge-writer", daemon=True)
         self.ack: Acker = lambda _mid, _qos, _gen: None
         self.on_stored: Callable[[], None] = lambda: None
         """Called (on the writer thread) after a commit that added pending rows."""
         self.on_failure: Callable[[BaseException], None] = lambda _exc: None
         self.failure: BaseException | None = None
+        self.disk_full = False
+        """True while a commit waits for disk space (nothing is acked meanwhile: the broker keeps it)."""
+        self.on_disk_full: Callable[[bool], None] = lambda _full: None
 
     # -- producer side (any thread) -----------------------------------------------------------
 
     def submit(self, topic: str, payload: bytes, mid: int, qos: int, generation: int) -> None:
-        self._queue.put(Incoming(topic, payload, mid, qos, generation))
+        guard = self.guard
+        meter = guard.admit(topic, len(payload)) if guard is not None else None
+        if meter is None:
+            self._queue.put(Incoming(topic, payload, mid, qos, generation))
+        elif qos > 0:
+            self._queue.put(Limited(meter, len(payload), mid, qos, generation))  # no payload kept
+        else:  # nothing to ack: just count it (a QoS 0 flood never grows the queue)
+            with self._q0_lock:
+                c = self._q0_limited.get(meter)
+                if c is None:
+                    c = self._q0_limited[meter] = LimitedCount(guard.cut_off.get(meter, "") if guard else "")
+                c.messages += 1
+                c.bytes += len(payload)
 
     def call_soon(self, fn: Callable[[Buffer], T]) -> Future[T]:
         future: Future[T] = Future()
@@ -86,7 +120,12 @@ class Writer:
         return await asyncio.wrap_future(self.call_soon(fn))
 
     async def barrier(self) -> None:
-        """Returns once every message queued before it is committed and acked."""
+        """Returns once every message queued before it is committed and acked.
+
+        On a full disk it returns at once: the messages held then are not acked, so the broker keeps
+        them for the next start, which is just as safe and does not wait for space."""
+        if self.disk_full:
+            return
         await self.call(lambda _b: None)
 
     def start(self) -> None:
@@ -111,7 +150,11 @@ class Writer:
         try:
             self._loop()
         except BaseException as exc:  # a bug or a broken disk: stop the agent, say why once
-            log.exception("buffer writer failed; the agent stops (unacked readings stay with the broker)")
+            if is_damage(exc):
+                log.error("buffer writer stopped: %s (unacked readings stay with the broker)",
+                          damaged_sentence(self.buffer.path, str(exc)))
+            else:
+                log.exception("buffer writer failed; the agent stops (unacked readings stay with the broker)")
             self.failure = exc
             self.on_failure(exc)
             self._fail_pending(exc)
@@ -134,7 +177,7 @@ class Writer:
             if isinstance(item, _Call):
                 self._run(item)
                 continue
-            messages = [item]
+            messages: list[Incoming | Limited] = [item]
             calls: list[_Call] = []
             stop = False
             deadline = time.monotonic() + self._linger
@@ -156,11 +199,58 @@ class Writer:
                     calls.append(nxt)  # runs right after this commit: still FIFO w.r.t. the messages
                     continue
                 messages.append(nxt)
-            self._commit(messages)
+            if not self._commit_or_wait(messages, calls):
+                return
             for call in calls:
                 self._run(call)
             if stop:
                 return
+
+    def _commit_or_wait(self, messages: list[Incoming | Limited], calls: list[_Call]) -> bool:
+        """Commit, or on a full disk (SQLITE_FULL) hold the messages unacked and retry with a backoff
+        until space returns. Calls queued meanwhile still run (acks from the cloud free space); later
+        messages join the held group. False: a stop came while waiting (nothing held is acked)."""
+        delay = 0.2
+        while True:
+            try:
+                self._commit(messages)
+            except sqlite3.OperationalError as exc:
+                if not is_full(exc):
+                    raise
+                self.buffer.resync()  # the rolled-back transaction had moved the in-memory counts
+                if not self.disk_full:
+                    self.disk_full = True
+                    self.on_disk_full(True)
+                    log.error("the disk under the buffer is full: %d message(s) held unacked (the broker keeps "
+                              "them) until space returns; free space or run `gridtokenx edge inspect purge`",
+                              len(messages))
+                for call in calls:
+                    self._run(call)
+                calls.clear()
+                if not self._wait_for_space(messages, calls, delay):
+                    return False
+                delay = min(5.0, delay * 2)
+                continue
+            if self.disk_full:
+                self.disk_full = False
+                self.on_disk_full(False)
+                log.warning("disk space is back: %d held message(s) committed and acked", len(messages))
+            return True
+
+    def _wait_for_space(self, messages: list[Incoming | Limited], calls: list[_Call], delay: float) -> bool:
+        deadline = time.monotonic() + delay
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                item = self._queue.get(timeout=remaining)
+            except queue.Empty:
+                return True
+            if isinstance(item, _Stop):
+                return False
+            if isinstance(item, _Call):
+                self._run(item)
+            else:
+                messages.append(item)
+        return True
 
     def _run(self, call: _Call) -> None:
         if not call.future.set_running_or_notify_cancel():
@@ -170,16 +260,48 @@ class Writer:
         except Exception as exc:  # reported to the caller, who decides; the writer goes on
             call.future.set_exception(exc)
 
-    def _commit(self, messages: list[Incoming]) -> None:
-        verdicts = [screen(m.topic, m.payload, self._keys) for m in messages]
+    def _take_limited(self, messages: Sequence[Incoming | Limited]) -> dict[str, LimitedCount]:
+        with self._q0_lock:
+            limited, self._q0_limited = self._q0_limited, {}
+        cut_off = self.guard.cut_off if self.guard is not None else {}
+        for m in messages:
+            if isinstance(m, Limited):
+                c = limited.get(m.meter_id)
+                if c is None:
+                    c = limited[m.meter_id] = LimitedCount(cut_off.get(m.meter_id, ""))
+                c.messages += 1
+                c.bytes += m.size
+        return limited
+
+    def flush_limited(self) -> None:
+        """Commit the counts of QoS 0 messages of cut-off meters (housekeeping, when no commit ran)."""
+        self._record_limited(self._take_limited([]))
+
+    def _record_limited(self, limited: dict[str, LimitedCount]) -> None:
+        if not limited:
+            return
+        self.buffer.record_limited(limited, time.time())
+        for meter, c in limited.items():
+            self._metrics.meter_limited.labels("rate_limited").inc(c.messages)
+            self._metrics.meter_limited_bytes.inc(c.bytes)
+            log.debug("meter %s is cut off: %d message(s) acked unstored", meter, c.messages)
+
+    def _commit(self, messages: list[Incoming | Limited]) -> None:
+        # Counted once even when the ingest below hits a full disk and the group is retried.
+        fresh = [m for m in messages if isinstance(m, Limited) and id(m) not in self._counted]
+        self._record_limited(self._take_limited(fresh))
+        self._counted.update(id(m) for m in fresh)
+        incoming = [m for m in messages if isinstance(m, Incoming)]
+        verdicts = [screen(m.topic, m.payload, self._keys) for m in incoming]
         started = time.perf_counter()
-        outcome = self.buffer.ingest(verdicts, time.time())
+        outcome = self.buffer.ingest(verdicts, time.time()) if verdicts else IngestOutcome()
         self._metrics.commit_seconds.observe(time.perf_counter() - started)
         # Only now, with the readings durable (per the synchronous setting), release them at the broker.
         for m in messages:
             if m.qos > 0:
                 self.ack(m.mid, m.qos, m.generation)
         self._account(len(messages), outcome)
+        self._counted.clear()
         if outcome.stored:
             self.on_stored()
 
@@ -194,6 +316,9 @@ class Writer:
             log.warning("quarantined %d message(s): %s", n, reason)
         if out.drops:
             self.account_drops(out.drops)
+        if out.evicted:
+            m.evidence_evicted.inc(out.evicted)
+            log.warning("evidence quota full: removed the %d oldest quarantined/rejected row(s)", out.evicted)
 
     def account_drops(self, drops: list[Drop]) -> None:
         """Count and log drops (one line per group, each drop is also a row in `drops`)."""

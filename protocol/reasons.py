@@ -60,7 +60,10 @@ class Reason(StrEnum):
     """The edge buffer was full (rows or bytes) and its policy dropped this reading."""
     EXPIRED = "expired"
     """The reading waited in the edge buffer longer than its TTL."""
+    RATE_LIMITED = "rate_limited"
+    """The meter published faster (messages or bytes) than the edge's per-meter limit: it is cut off."""
 
 
 #: Reasons a meter can cause by sending a bad reading (as opposed to edge housekeeping).
-READING_REASONS: frozenset[Reason] = frozenset(Reason) - {Reason.QUOTA_DROPPED, Reason.EXPIRED, Reason.RETAINED}
+READING_REASONS: frozenset[Reason] = frozenset(Reason) - {Reason.QUOTA_DROPPED, Reason.EXPIRED, Reason.RETAINED,
+                                                         Reason.RATE_LIMITED}

@@ -123,7 +123,10 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     try:
         yield conn
     except BaseException:
-        conn.execute("ROLLBACK")
+        # SQLite has already rolled back on some errors (SQLITE_FULL, SQLITE_IOERR): a ROLLBACK then
+        # fails with "cannot rollback - no transaction is active" and would hide the real error.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
 

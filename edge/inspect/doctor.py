@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sqlite3
 import statistics
 import time
@@ -21,6 +22,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edge.inspect import db
 from edge.inspect.filters import FilterError, parse_instant
 from edge.inspect.models import Check
+from edge.integrity import REPAIR, quick_check
 from runtime.config import BrokerURL, ConfigError
 
 #: Free disk below this fraction of the filesystem (or below MIN_FREE_BYTES) fails the disk check.
@@ -30,6 +32,8 @@ MIN_FREE_BYTES = 100 * 1024 * 1024
 QUOTA_WARN = 0.8
 #: More than this between a meter's interval end and the gateway's receive time is suspicious.
 CLOCK_TOLERANCE_S = 60.0
+#: The integrity check's time bound: a larger file is reported as not fully checked, never as OK.
+INTEGRITY_S = 10.0
 #: $SYS topics whose value is the broker's wall clock (EMQX publishes `$SYS/brokers/<node>/datetime`).
 _CLOCK_SUFFIXES = ("/datetime", "/time", "/localtime")
 
@@ -47,9 +51,15 @@ class DoctorConfig:
     client_id: str = field(default_factory=lambda: f"gtx-inspect-{os.getpid()}")
 
 
+#: The edge broker makes the client id the username on every listener (no session takeover), so a
+#: login as the agent's account would take over the running agent's persistent session (and with a
+#: clean session, wipe what is queued for it). The doctor never logs in as it on the edge broker.
+AGENT_USER = "edge-agent"
+
+
 def run(cfg: DoctorConfig) -> list[Check]:
     checks = _buffer_checks(cfg)
-    checks.append(_broker_check("edge broker", cfg.edge_broker, "GRIDTOKENX_EDGE_BROKER_URL", cfg))
+    checks.append(_edge_broker_check(cfg))
     checks.append(_broker_check("cloud broker", cfg.cloud_broker, "GRIDTOKENX_CLOUD_BROKER_URL", cfg))
     checks.append(_broker_clock(cfg))
     return checks
@@ -69,13 +79,46 @@ def _buffer_checks(cfg: DoctorConfig) -> list[Check]:
         checks.append(Check("WAL", "OK", "journal_mode=wal") if mode == "wal" else Check(
             "WAL", "FAIL", f"journal_mode={mode}: readers block the agent and a crash can lose more",
             "restart the agent (it sets WAL at open) or run: sqlite3 BUFFER 'PRAGMA journal_mode=WAL'"))
+        checks.append(_integrity(conn, cfg.buffer))
         checks.append(_writable(cfg.buffer))
         checks.append(_disk(cfg.buffer))
         checks.append(_quota(conn, cfg))
         checks.append(_meter_clocks(conn))
+        checks.append(_meter_limits(conn))
     finally:
         conn.close()
     return checks
+
+
+def _integrity(conn: sqlite3.Connection, path: Path) -> Check:
+    try:
+        result = quick_check(conn, max_seconds=INTEGRITY_S, max_problems=5)
+    except sqlite3.Error as exc:
+        return Check("integrity", "FAIL", f"quick_check could not run: {exc}", f"see {REPAIR}")
+    if result.ok is True:
+        return Check("integrity", "OK", f"PRAGMA quick_check: ok ({result.seconds:.1f} s)")
+    if result.ok is None:
+        return Check("integrity", "WARN", f"quick_check did not finish within {INTEGRITY_S:g} s "
+                     f"({path.stat().st_size / 2**20:.0f} MiB): not fully checked",
+                     f"stop the agent and run: sqlite3 {path} 'PRAGMA quick_check'")
+    return Check("integrity", "FAIL", "damaged: " + "; ".join(result.problems[:3]),
+                 f"stop the agent, move the file aside and salvage it: {REPAIR}")
+
+
+def _meter_limits(conn: sqlite3.Connection) -> Check:
+    """Meters the agent cut off for flooding (edge/guard.py): their later messages were acked unstored."""
+    try:
+        rows = conn.execute("SELECT meter_id, detail, messages, bytes FROM meter_limits "
+                            "ORDER BY cut_off_at DESC LIMIT 5").fetchall()
+        total = int(conn.execute("SELECT count(*) FROM meter_limits").fetchone()[0])
+    except sqlite3.OperationalError:  # a buffer from before the table existed
+        return Check("meter limits", "SKIP", "this buffer has no meter_limits table (an older agent)")
+    if not rows:
+        return Check("meter limits", "OK", "no meter went over the per-meter rate/byte limits")
+    named = ", ".join(f"{m} ({n:,} messages, {b / 2**20:.1f} MiB not stored: {d})" for m, d, n, b in rows)
+    return Check("meter limits", "FAIL", f"{total} meter(s) cut off for flooding: {named}",
+                 "find out why (tampering? a broken meter?); once fixed, re-enable its broker account: "
+                 "mosquitto_ctrl -u edge-agent dynsec enableClient METER_ID (docs/edge-agent.md, \"Abusive meters\")")
 
 
 def _writable(path: Path) -> Check:
@@ -242,12 +285,37 @@ def _broker_check(name: str, url_text: str | None, env: str, cfg: DoctorConfig) 
     return Check(name, "OK", f"{url}: connected and authenticated")
 
 
+def _edge_broker_check(cfg: DoctorConfig) -> Check:
+    name, env = "edge broker", "GRIDTOKENX_EDGE_BROKER_URL"
+    url = _parse_url(name, cfg.edge_broker, env)
+    if isinstance(url, Check) or url.username != AGENT_USER:
+        return _broker_check(name, cfg.edge_broker, env, cfg)
+    if not cfg.inspector:
+        try:  # reachable at all? (a TCP connect is no login: it takes nothing over)
+            socket.create_connection((url.host, url.port), timeout=cfg.timeout).close()
+        except OSError as exc:
+            return Check(name, "FAIL", f"{url}: cannot connect ({exc.strerror or exc})",
+                         f"start the broker or fix host:port in {env}; check the firewall")
+        return Check(name, "SKIP", f"{url}: reachable; not logging in as {AGENT_USER} (it would take over the agent's "
+                     "session: the edge broker makes the client id the username)",
+                     "pass --inspector-url with the edge-inspector account, or read edge_connected in the "
+                     "agent's /healthz")
+    check = _broker_check(name, cfg.inspector, "GRIDTOKENX_EDGE_INSPECTOR_URL", cfg)
+    if check.status == "OK":
+        return Check(name, "OK", f"{check.detail} as the inspector (never as {AGENT_USER}, whose session it "
+                     "would take over; the agent's own login shows in its /healthz)")
+    return check
+
+
 def _broker_clock(cfg: DoctorConfig) -> Check:
     name = "broker clock"
     env = "GRIDTOKENX_EDGE_INSPECTOR_URL"
     url = _parse_url(name, cfg.inspector or cfg.edge_broker, env)
     if isinstance(url, Check):
         return url
+    if url.username == AGENT_USER:
+        return Check(name, "SKIP", f"not logging in as {AGENT_USER} (it would take over the agent's session)",
+                     "pass --inspector-url with the edge-inspector account")
     session = _open(name, url, env, cfg)
     if isinstance(session, Check):
         return Check(name, "SKIP", session.detail, session.fix)

@@ -11,11 +11,14 @@ import time
 from array import array
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from edge.inspect import queries
 from edge.inspect.db import write_transaction
 from edge.inspect.filters import Filter, table_of
 from edge.inspect.models import ChangeReport, Row, Source
+from edge.integrity import is_full
+from edge.reserve import release_reserve
 from protocol import ProtocolError, Reason, parse_payload
 
 CHUNK = 500
@@ -122,21 +125,43 @@ def _requeue_quarantined(conn: sqlite3.Connection, row_id: int, now: float) -> b
 
 def purge(conn: sqlite3.Connection, keys: Keys, *, now: float | None = None,
           progress: Callable[[int], None] | None = None) -> int:
-    """Delete the planned rows; unacked readings leave a drops row (reason expired). Returns rows deleted."""
+    """Delete the planned rows; unacked readings leave a drops row (reason expired). Returns rows deleted.
+
+    On a full disk (SQLITE_FULL) the reserve file the agent keeps next to the buffer is released
+    once and the chunk retried: purging is how a technician frees space, so it must work then."""
     deleted = 0
+    released = False
     for chunk in keys.chunks():
-        with write_transaction(conn):
-            stamp = time.time() if now is None else now
-            for source, row_id in chunk:
-                if source in UNACKED:
-                    conn.execute(
-                        "INSERT INTO drops (meter_id, seq, size, reason, detail, received_at, dropped_at) "
-                        "SELECT meter_id, seq, size, ?, ?, received_at, ? FROM readings WHERE id = ? AND state = ?",
-                        (Reason.EXPIRED.value, PURGE_DETAIL, stamp, row_id, source))
-                cur = conn.execute(f"DELETE FROM {table_of(source)} WHERE id = ?"
-                                   + (" AND state = ?" if table_of(source) == "readings" else ""),
-                                   (row_id, source) if table_of(source) == "readings" else (row_id,))
-                deleted += cur.rowcount
+        while True:
+            try:
+                deleted += _purge_chunk(conn, chunk, time.time() if now is None else now)
+                break
+            except sqlite3.OperationalError as exc:
+                if released or not is_full(exc):
+                    raise
+                released = True
+                if not release_reserve(_db_path(conn)):
+                    raise
         if progress:
             progress(len(chunk))
     return deleted
+
+
+def _purge_chunk(conn: sqlite3.Connection, chunk: list[tuple[Source, int]], stamp: float) -> int:
+    deleted = 0
+    with write_transaction(conn):
+        for source, row_id in chunk:
+            if source in UNACKED:
+                conn.execute(
+                    "INSERT INTO drops (meter_id, seq, size, reason, detail, received_at, dropped_at) "
+                    "SELECT meter_id, seq, size, ?, ?, received_at, ? FROM readings WHERE id = ? AND state = ?",
+                    (Reason.EXPIRED.value, PURGE_DETAIL, stamp, row_id, source))
+            cur = conn.execute(f"DELETE FROM {table_of(source)} WHERE id = ?"
+                               + (" AND state = ?" if table_of(source) == "readings" else ""),
+                               (row_id, source) if table_of(source) == "readings" else (row_id,))
+            deleted += cur.rowcount
+    return deleted
+
+
+def _db_path(conn: sqlite3.Connection) -> Path:
+    return Path(str(conn.execute("PRAGMA database_list").fetchone()[2]))

@@ -66,9 +66,10 @@ def sim_bench(meters: int, seconds: float, rate: float, interval: int, connectio
         keygen(keys_dir, meters, seed=1)
         fleet_password = secrets.token_urlsafe(12)
         users = {k.meter_id: k.mqtt_password for k in load_keys(keys_dir)} | {"sim-fleet": fleet_password}
-        with Mosquitto("edge", workdir=Path(tmp) / "broker", users=users) as broker:
+        with Mosquitto("edge", workdir=Path(tmp) / "broker", users=users,
+                       fleet_port=0 if connections else None) as broker:
             settings = SimSettings(
-                broker=BrokerSettings(url=broker.url, connections=connections,
+                broker=BrokerSettings(url=broker.fleet_url if connections else broker.url, connections=connections,
                                       fleet_user="sim-fleet", fleet_password=fleet_password, window=window),
                 meter=MeterSettings(reading_interval_seconds=interval),
                 signing=SigningSettings(keys_dir=keys_dir),

@@ -68,18 +68,43 @@ def mosquitto_binary() -> str:
     return found
 
 
+#: Where Debian (and so this machine) and the eclipse-mosquitto image keep the dynamic-security plugin.
+DYNSEC_PLUGINS = ("/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
+                  "/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so", "/usr/lib/mosquitto_dynamic_security.so")
+
+
+#: The plugin's state before the agent disabled anyone: no clients; every check it does not know
+#: about is deferred to password_file/acl_file.
+DYNSEC_EMPTY = ('{"defaultACLAccess": {"publishClientSend": false, "publishClientReceive": false, '
+                '"subscribe": false, "unsubscribe": false}, "clients": [], "groups": [], "roles": []}\n')
+
+
+def dynsec_plugin() -> str:
+    for path in DYNSEC_PLUGINS:
+        if Path(path).exists():
+            return path
+    raise BrokerError("Mosquitto's dynamic-security plugin is not installed (it ships with Debian's "
+                      "`mosquitto` package): run `apt-get install mosquitto`")
+
+
 def render_config(role: Role, *, workdir: Path, port: int, tls_port: int | None = None,
                   certs_dir: Path | None = None, config_root: Path = CONFIG_ROOT,
-                  client_certs: bool = False, bind: str = "127.0.0.1", log_to_stderr: bool = False) -> Path:
+                  client_certs: bool = False, bind: str = "127.0.0.1", log_to_stderr: bool = False,
+                  fleet_port: int | None = None) -> Path:
     """Write a local copy of broker-config/{role}/mosquitto.conf into `workdir`; returns its path.
 
     `client_certs` turns on the documented option of the TLS listener: a client certificate signed
     by the CA is required, and its CN is the username (meters with secure elements). `bind` is the
-    listeners' address; `log_to_stderr` also logs to the terminal (`gridtokenx broker run`)."""
+    listeners' address; `log_to_stderr` also logs to the terminal (`gridtokenx broker run`).
+
+    `fleet_port` adds a DEV-ONLY listener where clients choose their own client ids: the edge config
+    makes the client id the username on every listener (no session takeover), so the simulator's
+    `sim-fleet` user can multiplex meters over several connections only there. Never on a gateway."""
     source = (config_root / role / "mosquitto.conf").read_text().splitlines()
     data_dir = workdir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     replacements = {
+        "plugin_opt_config_file": str(data_dir / "dynamic-security.json"),
         "password_file": str(workdir / "passwd"),
         "acl_file": str(workdir / "acl"),
         "persistence_location": f"{data_dir}/",
@@ -105,18 +130,27 @@ def render_config(role: Role, *, workdir: Path, port: int, tls_port: int | None 
         if in_tls and client_certs and line.strip() in CLIENT_CERT_LINES:
             out.append(line.strip().lstrip("# "))
             continue
+        if words[:1] == ["plugin"]:
+            out.append(f"plugin {dynsec_plugin()}")
+            continue
         if words and words[0] in replacements:
             out.append(f"{words[0]} {replacements[words[0]]}")
             continue
         if words[:1] == ["log_type"] and words[1:2] == ["notice"]:
             continue
         out.append(line)
+    if fleet_port is not None:
+        out += ["# DEV ONLY: several sim-fleet connections (their own client ids); see render_config.",
+                f"listener {fleet_port} 127.0.0.1", "protocol mqtt"]
     out.append(f"log_dest file {workdir / 'mosquitto.log'}")
     if log_to_stderr:
         out.append("log_dest stderr")
     if os.geteuid() == 0:
         # Started as root, mosquitto would switch to user "mosquitto" and lose access to workdir.
         out.append("user root")
+    dynsec = data_dir / "dynamic-security.json"
+    if any(line.split()[:1] == ["plugin"] for line in out) and not dynsec.exists():
+        dynsec.write_text(DYNSEC_EMPTY)
     shutil.copy(config_root / role / "acl", workdir / "acl")
     conf = workdir / "mosquitto.conf"
     conf.write_text("\n".join(out) + "\n")
@@ -136,6 +170,8 @@ class Mosquitto:
     host: str = "127.0.0.1"
     password_file: Path | None = None
     client_certs: bool = False
+    fleet_port: int | None = None
+    """A dev-only listener with client ids of the client's choosing (render_config); 0 = a free port."""
     """TLS listener requires a client certificate whose CN is the username (see render_config)."""
     """A password file to use as is (e.g. from `gridtokenx broker credentials`); `users` then only
     needs the users a caller wants URLs for, and users missing from the file are appended."""
@@ -147,10 +183,19 @@ class Mosquitto:
         self.workdir.mkdir(parents=True, exist_ok=True)
         if not self.port:
             self.port = free_port()
+        if self.fleet_port == 0:
+            self.fleet_port = free_port()
 
     @property
     def url(self) -> str:
         return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def fleet_url(self) -> str:
+        """The dev-only listener for several connections of one user (the simulator's --connections)."""
+        if self.fleet_port is None:
+            raise BrokerError("this broker was started without a fleet listener (fleet_port=0)")
+        return f"mqtt://{self.host}:{self.fleet_port}"
 
     def url_for(self, user: str) -> str:
         return f"mqtt://{user}:{self.users[user]}@{self.host}:{self.port}"
@@ -185,7 +230,7 @@ class Mosquitto:
     def start(self, timeout: float = 10.0) -> None:
         conf = render_config(self.role, workdir=self.workdir, port=self.port, tls_port=self.tls_port,
                              certs_dir=self.certs_dir, client_certs=self.client_certs,
-                             config_root=self.config_root)
+                             config_root=self.config_root, fleet_port=self.fleet_port)
         self._write_passwd()
         self._proc = subprocess.Popen(
             [mosquitto_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

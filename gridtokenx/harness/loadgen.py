@@ -94,3 +94,53 @@ def _read_exact(sock: socket.socket, n: int) -> bytes:
             raise ConnectionError("the broker closed the connection")
         data += chunk
     return data
+
+
+def flood(url: BrokerURL, topic: str, payload: bytes, *, client_id: str, seconds: float,
+          qos: int = 1) -> int:
+    """Publish the same payload as fast as the broker takes it for `seconds` (an abusive meter).
+
+    QoS 1 keeps a window of WINDOW unacknowledged packets, QoS 0 just writes. Returns how many
+    were published (QoS 1: PUBACKed). Stops early, without raising, when the broker closes the
+    connection (it may cut the flooder off)."""
+    sock = socket.create_connection((url.host, url.port), timeout=30)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    header = b"\x32" if qos else b"\x30"
+    body_len = len(_str(topic)) + (2 if qos else 0) + len(payload)
+    prefix = header + _varint(body_len) + _str(topic)
+    try:
+        sock.sendall(connect_packet(client_id, url.username, url.password))
+        connack = _read_exact(sock, 4)
+        if connack[0] != 0x20 or connack[3] != 0:
+            raise ConnectionError(f"the broker refused the connection (CONNACK {connack.hex()})")
+        deadline = time.monotonic() + seconds
+        sent = acked = 0
+        pending = b""
+        sock.settimeout(1.0)
+        while time.monotonic() < deadline:
+            if not qos or sent - acked < WINDOW:
+                n = CHUNK
+                chunk = b"".join(prefix + (struct.pack("!H", ((sent + i) % 65535) + 1) if qos else b"") + payload
+                                 for i in range(n))
+                try:
+                    sock.sendall(chunk)
+                except OSError:
+                    break
+                sent += n
+                if not qos:
+                    acked = sent
+                continue
+            try:
+                data = pending + sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if not data:
+                break
+            whole = len(data) // 4 * 4
+            acked += whole // 4
+            pending = data[whole:]
+        return acked
+    finally:
+        sock.close()

@@ -92,12 +92,15 @@ def test_local_config_keeps_tls_settings_inside_the_tls_listener(role: str, tmp_
 
     plain = sections(render_config(role, workdir=tmp_path / "plain", port=1234))  # type: ignore[arg-type]
     assert len(plain) == 2
-    assert not {"cafile", "certfile", "keyfile", "use_username_as_clientid"} & set(plain[0] + plain[1])
+    assert not {"cafile", "certfile", "keyfile"} & set(plain[0] + plain[1])
     tls = sections(render_config(role, workdir=tmp_path / "tls", port=1234, tls_port=1235,  # type: ignore[arg-type]
                                  certs_dir=tmp_path))
     assert len(tls) == 3
     assert {"cafile", "certfile", "keyfile", "use_username_as_clientid"} <= set(tls[2])
-    assert "use_username_as_clientid" not in tls[1]  # the plain listener: client ids are free
+    if role == "edge":  # the client id is the username on every edge listener: no session takeover
+        assert "use_username_as_clientid" in plain[1] and "use_username_as_clientid" in tls[1]
+    else:
+        assert "use_username_as_clientid" not in plain[1] + tls[1]  # the plain listener: client ids are free
 
 
 def test_client_certificate_option_identifies_meters_by_certificate(broker_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -97,7 +97,9 @@ def test_inspect_a_live_agents_buffer_then_requeue_makes_rows_flow(rig: Rig, age
             "--cloud-broker-url", rig.cloud.url_for(GATEWAY), "--inspector-url", rig.edge.url_for("edge-inspector"),
             "--timeout", "3")}
         assert {n: c["status"] for n, c in doctor.items()} == {
-            "buffer": "OK", "WAL": "OK", "writable": "OK", "disk": "OK", "quota": "OK", "meter clocks": "OK",
+            "buffer": "OK", "WAL": "OK", "integrity": "OK", "writable": "OK", "disk": "OK", "quota": "OK",
+            "meter limits": "OK",
+            "meter clocks": "OK",
             "edge broker": "OK", "cloud broker": "OK", "broker clock": "SKIP"}
         assert "rows 0/2,000,000" in doctor["quota"]["detail"]  # the agent's default quota, from meta
 

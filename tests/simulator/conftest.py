@@ -55,7 +55,7 @@ def make_fleet(tmp_path: Path, broker_factory: BrokerFactory, meters: int, types
     keys = load_keys(keys_dir)
     fleet_password = secrets.token_urlsafe(12)
     users = {k.meter_id: k.mqtt_password for k in keys} | {"sim-fleet": fleet_password}
-    return Fleet(keys_dir, keys, broker_factory("edge", users=users), fleet_password)
+    return Fleet(keys_dir, keys, broker_factory("edge", users=users, fleet_port=0), fleet_password)
 
 
 @pytest.fixture

@@ -75,7 +75,8 @@ async def test_injected_faults_match_what_a_subscriber_sees(
     settings = fleet.settings(speed=DAY / 2, duration=2.0, faults=rates)
     if multiplexed:
         settings = dataclasses.replace(settings, broker=dataclasses.replace(
-            settings.broker, connections=2, fleet_user="sim-fleet", fleet_password=fleet.fleet_password))
+            settings.broker, url=fleet.broker.fleet_url, connections=2, fleet_user="sim-fleet",
+            fleet_password=fleet.fleet_password))
 
     async with subscriber(fleet.broker) as received:
         report = await run_fleet(settings)

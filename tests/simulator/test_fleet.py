@@ -67,7 +67,8 @@ async def test_fleet_user_multiplexes_meters_over_few_connections(fleet_factory:
     fleet = fleet_factory(8)
     settings = fleet.settings(speed=DAY / 2, duration=1.0)
     settings = dataclasses.replace(settings, broker=dataclasses.replace(
-        settings.broker, connections=2, fleet_user="sim-fleet", fleet_password=fleet.fleet_password))
+        settings.broker, url=fleet.broker.fleet_url, connections=2, fleet_user="sim-fleet",
+        fleet_password=fleet.fleet_password))
 
     async with subscriber(fleet.broker) as received:
         report = await run_fleet(settings)
