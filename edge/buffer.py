@@ -21,6 +21,7 @@ from edge.clock import StepDetector, anchor, step_since
 from edge.integrity import damaged_sentence, is_damage, is_full, quick_check
 from edge.reserve import ensure_reserve
 from edge.screening import Accepted, Quarantined, Verdict
+from protocol import ProtocolError, parse_payload
 from protocol.envelopes import AckItem
 from protocol.reasons import Reason
 from protocol.wire import MAX_PAYLOAD_BYTES
@@ -619,3 +620,64 @@ class _Tx:
             self._db.execute("COMMIT")
         elif self._db.in_transaction:  # SQLITE_FULL and I/O errors roll back by themselves
             self._db.execute("ROLLBACK")
+
+
+# -- the technician's transitions (`edge inspect requeue | purge`) ------------------------------------
+# They run in the inspector's process on its own connection, inside its write transaction; the agent
+# sees them through `Buffer.changed_elsewhere` (PRAGMA data_version) and recounts. Every state change
+# of a buffered reading is written in this module.
+
+_REQUEUE_COLS = ("meter_id, seq, payload, size, reading_end, received_at, batch_id, attempts, first_sent_at,"
+                 " last_sent_at")
+
+
+def requeue_rejected(conn: sqlite3.Connection, row_id: int) -> int:
+    """rejected → pending, under a new id (the back of the forwarding queue); attempts and send times stay,
+    so `show` keeps the reading's history. 0 when the row changed meanwhile."""
+    row = conn.execute(f"SELECT {_REQUEUE_COLS} FROM readings WHERE id = ? AND state = 'rejected'",
+                       (row_id,)).fetchone()
+    if row is None:  # the agent or another technician changed it meanwhile
+        return 0
+    conn.execute("DELETE FROM readings WHERE id = ?", (row_id,))
+    conn.execute(f"INSERT INTO readings ({_REQUEUE_COLS}, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
+                 row)
+    return 1
+
+
+def requeue_quarantined(conn: sqlite3.Connection, row_id: int, now: float) -> bool:
+    """quarantined → pending when the payload now parses as a reading not already buffered."""
+    row = conn.execute("SELECT payload FROM quarantine WHERE id = ?", (row_id,)).fetchone()
+    if row is None:
+        return False
+    payload = bytes(row[0])
+    try:
+        reading = parse_payload(payload).reading
+    except ProtocolError:
+        return False
+    # received_at is now: the TTL starts again from the technician's decision, not the first arrival.
+    cur = conn.execute(
+        "INSERT INTO readings (meter_id, seq, payload, size, reading_end, received_at, state) "
+        "VALUES (?, ?, ?, ?, ?, ?, 'pending') ON CONFLICT (meter_id, seq) DO NOTHING",
+        (reading.meter_id, reading.seq, payload, len(payload), reading.end, now))
+    if cur.rowcount == 0:
+        return False
+    conn.execute("DELETE FROM quarantine WHERE id = ?", (row_id,))
+    return True
+
+
+def purge_row(conn: sqlite3.Connection, source: str, row_id: int, now: float, *, detail: str) -> int:
+    """Delete one row of `source` (a readings state, or quarantine / drops / batches); a reading the cloud
+    never acked leaves a drops row (reason expired), so nothing is silently gone. Returns rows deleted."""
+    if source in ("pending", "inflight"):
+        conn.execute(
+            "INSERT INTO drops (meter_id, seq, size, reason, detail, received_at, dropped_at) "
+            "SELECT meter_id, seq, size, ?, ?, received_at, ? FROM readings WHERE id = ? AND state = ?",
+            (Reason.EXPIRED.value, detail, now, row_id, source))
+    table = _OTHER_TABLES.get(source)
+    if table is None:  # a state of `readings`
+        return conn.execute("DELETE FROM readings WHERE id = ? AND state = ?", (row_id, source)).rowcount
+    return conn.execute(f"DELETE FROM {table} WHERE id = ?", (row_id,)).rowcount
+
+
+_OTHER_TABLES = {"quarantined": "quarantine", "dropped": "drops"}
+

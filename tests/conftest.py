@@ -13,9 +13,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from cloud.db import create_scratch_database, drop_database
 from gridtokenx.harness.brokers import Mosquitto, Role
+
+# Property tests draw the same examples on every run (a failure seen once is seen again, and CI never
+# goes red on a draw nobody can reproduce); `--hypothesis-seed` still explores when asked.
+hypothesis_settings.register_profile("gridtokenx", derandomize=True)
+hypothesis_settings.load_profile("gridtokenx")
 
 ADMIN_DSN = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 

@@ -20,6 +20,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
+from typing import Protocol, TypeVar
+
+from solders.pubkey import Pubkey
 
 from protocol.units import entitled_base_units
 
@@ -82,6 +85,50 @@ def attribute(readings: Sequence[PendingReading], ledgers: dict[str, MeterLedger
         out[r.id] = max(0, target - units)
         state[r.meter_id] = (wh, max(units, target))
     return out
+
+
+class SettingsRecord(Protocol):
+    """The economic settings in force for a reading (cloud.minter.economics.MintSettings)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def ratio(self) -> Fraction: ...
+    @property
+    def decimals(self) -> int: ...
+
+
+R = TypeVar("R", bound=SettingsRecord)
+
+
+def select(claimed: Sequence[PendingReading], free_meters: set[str], records: Sequence[R],
+           record_of: Callable[[int], R]) -> tuple[list[tuple[R, list[PendingReading]]], dict[int, str]]:
+    """This pass's readings grouped by the settings record in force for them, and the readings to
+    dead-letter (reading id → why). Meters whose ledger another minter holds wait; each meter is minted
+    under one record per pass (its oldest), so a batch's ledger increments belong to one record."""
+    first: dict[str, int] = {}
+    for r in claimed:
+        if r.meter_id in free_meters:
+            first[r.meter_id] = min(first.get(r.meter_id, 1 << 62), record_of(r.id).id)
+    pending = [r for r in claimed if r.meter_id in first and record_of(r.id).id == first[r.meter_id]]
+    dead = {r.id: f"wallet address {r.wallet!r} is not a valid Solana public key"
+            for r in pending if not is_pubkey(r.wallet)}
+    groups: list[tuple[R, list[PendingReading]]] = []
+    for rec in records:
+        mine = [r for r in pending if record_of(r.id).id == rec.id and r.id not in dead]
+        bad = unmintable(mine, ratio=rec.ratio, decimals=rec.decimals)
+        dead |= bad
+        if group := [r for r in mine if r.id not in bad]:
+            groups.append((rec, group))
+    return groups, dead
+
+
+def is_pubkey(text: str) -> bool:
+    try:
+        Pubkey.from_string(text)
+    except ValueError:
+        return False
+    return True
 
 
 def unmintable(readings: Sequence[PendingReading], *, ratio: Fraction, decimals: int) -> dict[int, str]:

@@ -30,7 +30,7 @@ from solders.transaction import VersionedTransaction
 from cloud.chain.base import ChainBackend, ChainError, ChainUnavailable, MintIdentity, RecentBlockhash, SignatureStatus
 from cloud.chain.tx import budget_of, build_mint_tx, max_wallets_per_tx
 from cloud.chain.ws import SignatureWatcher
-from cloud.minter import MinterRefused, economics, metrics, store
+from cloud.minter import MinterRefused, economics, metrics, planner, store
 from cloud.minter.budget import Budget
 from cloud.minter.status import export, read_status
 from cloud.settings import CloudSettings, websocket_url
@@ -64,6 +64,8 @@ class Minter:
     # -- planning ---------------------------------------------------------------------------
     async def plan(self, *, reading_ids: Sequence[int] | None = None, meter_id: str | None = None,
                    manual: bool = False, limit: int | None = None) -> list[int]:
+        """One planning transaction, owned here: claim → select and plan (pure) → for each batch: its id,
+        its signature, its write-ahead row. Nothing is sent before the transaction commits."""
         if not await self.budget.check_fee_payer():
             return []
         await self.budget.prepare()
@@ -72,12 +74,31 @@ class Minter:
             await economics.ensure_recorded(self.pool, self.identity, tok)
             self._settings_checked = True
         recent = await self.backend.latest_blockhash()
+        ids: list[int] = []
         completed: list[float] = []
-        ids = await store.plan_batches(
-            self.pool, limit=limit or tok.batch_size, settings=tok, mint=str(self.identity.mint),
-            authority=self.authority, fits=lambda transfers: len(transfers) <= self.max_wallets,
-            sign=lambda batch_id, transfers: self._sign(batch_id, transfers, recent),
-            reading_ids=reading_ids, meter_id=meter_id, manual=manual, completed=completed)
+        async with self.pool.acquire() as conn, conn.transaction():
+            claimed = await store.claim(conn, limit=limit or tok.batch_size, reading_ids=reading_ids,
+                                        meter_id=meter_id, manual=manual)
+            if claimed is None:
+                return []
+            records = claimed.records
+            groups, dead = planner.select(claimed.rows, claimed.free_meters, records,
+                                          lambda reading_id: economics.in_force(records, reading_id))
+            await store.dead_letter(conn, dead)
+            for rec, group in groups:
+                ledgers = await store.ledgers(conn, sorted({r.meter_id for r in group}), rec.id)
+                plans = planner.plan(group, ledgers, ratio=rec.ratio, decimals=rec.decimals,
+                                     fits=lambda transfers: len(transfers) <= self.max_wallets,
+                                     max_batches=tok.max_batches_per_poll - len(ids))
+                for p in plans:
+                    batch_id = await store.next_batch_id(conn)
+                    signed = self._sign(batch_id, p.transfers, recent) if p.transfers else None
+                    completed += await store.write_batch(conn, batch_id, p, signed, mint=str(self.identity.mint),
+                                                         authority=self.authority, manual=manual,
+                                                         settings_id=rec.id)
+                    ids.append(batch_id)
+                if len(ids) >= tok.max_batches_per_poll:
+                    break
         # Readings whose batch had nothing to send (0 Wh, dust) are minted now: count them too.
         metrics.MINTED_READINGS.inc(len(completed))
         for value in completed:

@@ -1,5 +1,8 @@
 """Postgres side of the minter: claim readings, write batches ahead of sending, confirm, release.
 
+It only persists: the minter service (`service.Minter.plan`) owns each planning transaction and calls
+claim → (pure planner) → next_batch_id → sign → write_batch in it.
+
 Every state change of a batch is a compare-and-swap on (status, signature), so two minters that
 drive the same batch cannot both re-sign it (only the signature that is in the row is ever sent)
 and a confirmation is applied exactly once, together with the ledger and the readings.
@@ -7,12 +10,11 @@ and a confirmation is applied exactly once, together with the ledger and the rea
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
 import asyncpg
-from solders.pubkey import Pubkey
 
 from cloud.minter import economics
 from cloud.minter.planner import BatchPlan, MeterLedger, PendingReading
@@ -80,80 +82,63 @@ class OpenBatch:
         return [(w, a) for w, a in zip(self.wallets, self.amounts, strict=True) if a > 0]
 
 
-Signer = Callable[[int, list[tuple[str, int]]], SignedTx]
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """One pass's claim: unminted readings locked for this transaction, the settings records, and the
+    meters whose ledger this minter holds (no open batch, not being planned by another minter)."""
+
+    rows: list[PendingReading]
+    records: list[economics.MintSettings]
+    free_meters: set[str]
 
 
-async def plan_batches(pool: asyncpg.Pool, *, limit: int, settings: TokenizationSettings, mint: str,
-                       authority: str, fits: Callable[[list[tuple[str, int]]], bool], sign: Signer,
-                       reading_ids: Sequence[int] | None = None, meter_id: str | None = None,
-                       manual: bool = False, completed: list[float] | None = None) -> list[int]:
-    """Claim readings, plan batches and write them (signed) in one transaction. Returns batch ids.
-
-    Batches with nothing to send (all dust, e.g. consumers exporting 0 Wh) complete at once; the
-    ingest→minted latencies of their readings are appended to `completed` for the caller's metrics.
-    """
-    from cloud.minter.planner import plan, unmintable
-
-    async with pool.acquire() as conn, conn.transaction():
-        records = await economics.load(conn)
-        if not records:
-            raise economics.SettingsError("no economic settings are recorded; the minter records them when it starts")
-        rows = await conn.fetch(_CLAIM, limit, list(reading_ids) if reading_ids is not None else None,
-                                meter_id, manual)
-        if not rows:
-            return []
-        meters = sorted({r["meter_id"] for r in rows})
-        await conn.execute("INSERT INTO meter_mint_ledger (meter_id) SELECT unnest($1::text[]) "
-                           "ON CONFLICT DO NOTHING", meters)
-        # A meter with an open batch, or whose ledger another minter is planning, waits.
-        free = {f["meter_id"] for f in await conn.fetch(
-            "SELECT meter_id FROM meter_mint_ledger WHERE meter_id = ANY($1) AND open_batch_id IS NULL "
-            "FOR UPDATE SKIP LOCKED", meters)}
-        # Each reading is minted under the settings record in force for its id; one record per meter
-        # and pass (the oldest first), so a batch's ledger increments belong to one record.
-        record_of = {r["id"]: economics.in_force(records, r["id"]) for r in rows}
-        first: dict[str, int] = {}
-        for r in rows:
-            if r["meter_id"] in free:
-                first[r["meter_id"]] = min(first.get(r["meter_id"], 1 << 62), record_of[r["id"]].id)
-        pending = [PendingReading(r["id"], r["meter_id"], r["wallet_address"], r["export_wh"])
-                   for r in rows if r["meter_id"] in first and record_of[r["id"]].id == first[r["meter_id"]]]
-        dead = {p.id: f"wallet address {p.wallet!r} is not a valid Solana public key"
-                for p in pending if not _is_pubkey(p.wallet)}
-        for rec in records:
-            mine = [p for p in pending if record_of[p.id].id == rec.id and p.id not in dead]
-            dead |= unmintable(mine, ratio=rec.ratio, decimals=rec.decimals)
-        if dead:
-            # Bad data, not a crash: these readings go to manual review with the reason; others go on.
-            await conn.executemany(
-                "INSERT INTO minting_retry_queue (reading_id, attempts, error_message, dead_lettered)"
-                " VALUES ($1, 1, $2, TRUE) ON CONFLICT (reading_id) DO UPDATE SET dead_lettered = TRUE,"
-                " error_message = EXCLUDED.error_message, updated_at = now()", sorted(dead.items()))
-            pending = [p for p in pending if p.id not in dead]
-        ids: list[int] = []
-        for rec in records:
-            group = [p for p in pending if record_of[p.id].id == rec.id]
-            if not group:
-                continue
-            group_meters = sorted({p.meter_id for p in group})
-            ledgers = {g["meter_id"]: MeterLedger(g["minted_wh"], int(g["minted_units"])) for g in await conn.fetch(
-                "SELECT meter_id, minted_wh, minted_units FROM meter_mint_ledger_settings"
-                " WHERE meter_id = ANY($1) AND settings_id = $2", group_meters, rec.id)}
-            plans = plan(group, ledgers, ratio=rec.ratio, decimals=rec.decimals, fits=fits,
-                         max_batches=settings.max_batches_per_poll - len(ids))
-            for p in plans:
-                ids.append(await _write_batch(conn, p, mint=mint, authority=authority, sign=sign, manual=manual,
-                                              completed=completed, settings_id=rec.id))
-            if len(ids) >= settings.max_batches_per_poll:
-                break
-        return ids
+async def claim(conn: asyncpg.Connection, *, limit: int, reading_ids: Sequence[int] | None, meter_id: str | None,
+                manual: bool) -> Claimed | None:
+    """Lock the oldest unminted readings (or the requested ones) and their meters' ledgers. Inside the
+    caller's transaction; None when nothing is waiting."""
+    records = await economics.load(conn)
+    if not records:
+        raise economics.SettingsError("no economic settings are recorded; the minter records them when it starts")
+    rows = await conn.fetch(_CLAIM, limit, list(reading_ids) if reading_ids is not None else None, meter_id, manual)
+    if not rows:
+        return None
+    meters = sorted({r["meter_id"] for r in rows})
+    await conn.execute("INSERT INTO meter_mint_ledger (meter_id) SELECT unnest($1::text[]) "
+                       "ON CONFLICT DO NOTHING", meters)
+    # A meter with an open batch, or whose ledger another minter is planning, waits.
+    free = {f["meter_id"] for f in await conn.fetch(
+        "SELECT meter_id FROM meter_mint_ledger WHERE meter_id = ANY($1) AND open_batch_id IS NULL "
+        "FOR UPDATE SKIP LOCKED", meters)}
+    claimed = [PendingReading(r["id"], r["meter_id"], r["wallet_address"], r["export_wh"]) for r in rows]
+    return Claimed(claimed, records, free)
 
 
-async def _write_batch(conn: asyncpg.Connection, p: BatchPlan, *, mint: str, authority: str, sign: Signer,
-                       manual: bool, completed: list[float] | None = None, settings_id: int) -> int:
-    batch_id = int(await conn.fetchval("SELECT nextval('mint_batches_id_seq')"))
-    transfers = p.transfers
-    signed = sign(batch_id, transfers) if transfers else None
+async def dead_letter(conn: asyncpg.Connection, reasons: dict[int, str]) -> None:
+    """Bad data, not a crash: these readings go to manual review with the reason; the others go on."""
+    if reasons:
+        await conn.executemany(
+            "INSERT INTO minting_retry_queue (reading_id, attempts, error_message, dead_lettered)"
+            " VALUES ($1, 1, $2, TRUE) ON CONFLICT (reading_id) DO UPDATE SET dead_lettered = TRUE,"
+            " error_message = EXCLUDED.error_message, updated_at = now()", sorted(reasons.items()))
+
+
+async def ledgers(conn: asyncpg.Connection, meters: Sequence[str], settings_id: int) -> dict[str, MeterLedger]:
+    """What each meter has had minted under one settings record (the cumulative-minting base)."""
+    return {g["meter_id"]: MeterLedger(g["minted_wh"], int(g["minted_units"])) for g in await conn.fetch(
+        "SELECT meter_id, minted_wh, minted_units FROM meter_mint_ledger_settings"
+        " WHERE meter_id = ANY($1) AND settings_id = $2", list(meters), settings_id)}
+
+
+async def next_batch_id(conn: asyncpg.Connection) -> int:
+    """The id a batch is signed for before it is written (its memo carries it)."""
+    return int(await conn.fetchval("SELECT nextval('mint_batches_id_seq')"))
+
+
+async def write_batch(conn: asyncpg.Connection, batch_id: int, p: BatchPlan, signed: SignedTx | None, *, mint: str,
+                      authority: str, manual: bool, settings_id: int) -> list[float]:
+    """Write the batch ahead of sending (the write-ahead log), with its signature when it has transfers.
+    A batch with nothing to send (all dust) is complete as written: returns its readings' ingest → minted
+    latencies then, else []."""
     wallets = list(p.wallet_amounts)
     meters = list(p.meter_wh)
     await conn.execute(
@@ -174,20 +159,9 @@ async def _write_batch(conn: asyncpg.Connection, p: BatchPlan, *, mint: str, aut
     await conn.execute("UPDATE meter_readings SET mint_batch_id = $1 WHERE id = ANY($2)", batch_id, p.reading_ids)
     await conn.execute("UPDATE meter_mint_ledger SET open_batch_id = $1, updated_at = now() "
                        "WHERE meter_id = ANY($2)", batch_id, meters)
-    if not signed:
-        # Nothing to send (all dust): the batch is complete as written.
-        latencies = await _apply_confirmation(conn, batch_id, None, None, None)
-        if completed is not None and latencies:
-            completed.extend(latencies)
-    return batch_id
-
-
-def _is_pubkey(text: str) -> bool:
-    try:
-        Pubkey.from_string(text)
-    except ValueError:
-        return False
-    return True
+    if signed:
+        return []
+    return await _apply_confirmation(conn, batch_id, None, None, None) or []
 
 
 def _dec(values: Sequence[int]) -> list[Decimal]:

@@ -13,13 +13,13 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from edge.buffer import purge_row, requeue_quarantined, requeue_rejected
 from edge.inspect import queries
 from edge.inspect.db import write_transaction
-from edge.inspect.filters import Filter, table_of
+from edge.inspect.filters import Filter
 from edge.inspect.models import ChangeReport, Row, Source
 from edge.integrity import is_full
 from edge.reserve import release_reserve
-from protocol import ProtocolError, Reason, parse_payload
 
 CHUNK = 500
 SAMPLE = 10
@@ -80,47 +80,14 @@ def requeue(conn: sqlite3.Connection, keys: Keys, *, now: float | None = None,
         with write_transaction(conn):
             for source, row_id in chunk:
                 if source == "rejected":
-                    moved += _requeue_rejected(conn, row_id)
+                    moved += requeue_rejected(conn, row_id)
                 elif source == "quarantined":
-                    ok = _requeue_quarantined(conn, row_id, time.time() if now is None else now)
+                    ok = requeue_quarantined(conn, row_id, time.time() if now is None else now)
                     moved += ok
                     skipped += not ok
         if progress:
             progress(len(chunk))
     return moved, skipped
-
-
-def _requeue_rejected(conn: sqlite3.Connection, row_id: int) -> int:
-    # Same row under a new id; attempts and send times stay, so `show` keeps the reading's history.
-    cols = "meter_id, seq, payload, size, reading_end, received_at, batch_id, attempts, first_sent_at, last_sent_at"
-    row = conn.execute(f"SELECT {cols} FROM readings WHERE id = ? AND state = 'rejected'",
-                       (row_id,)).fetchone()
-    if row is None:  # the agent or another technician changed it meanwhile
-        return 0
-    conn.execute("DELETE FROM readings WHERE id = ?", (row_id,))
-    conn.execute(f"INSERT INTO readings ({cols}, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
-                 row)
-    return 1
-
-
-def _requeue_quarantined(conn: sqlite3.Connection, row_id: int, now: float) -> bool:
-    row = conn.execute("SELECT payload FROM quarantine WHERE id = ?", (row_id,)).fetchone()
-    if row is None:
-        return False
-    payload = bytes(row[0])
-    try:
-        reading = parse_payload(payload).reading
-    except ProtocolError:
-        return False
-    # received_at is now: the TTL starts again from the technician's decision, not the first arrival.
-    cur = conn.execute(
-        "INSERT INTO readings (meter_id, seq, payload, size, reading_end, received_at, state) "
-        "VALUES (?, ?, ?, ?, ?, ?, 'pending') ON CONFLICT (meter_id, seq) DO NOTHING",
-        (reading.meter_id, reading.seq, payload, len(payload), reading.end, now))
-    if cur.rowcount == 0:
-        return False
-    conn.execute("DELETE FROM quarantine WHERE id = ?", (row_id,))
-    return True
 
 
 def purge(conn: sqlite3.Connection, keys: Keys, *, now: float | None = None,
@@ -148,19 +115,8 @@ def purge(conn: sqlite3.Connection, keys: Keys, *, now: float | None = None,
 
 
 def _purge_chunk(conn: sqlite3.Connection, chunk: list[tuple[Source, int]], stamp: float) -> int:
-    deleted = 0
     with write_transaction(conn):
-        for source, row_id in chunk:
-            if source in UNACKED:
-                conn.execute(
-                    "INSERT INTO drops (meter_id, seq, size, reason, detail, received_at, dropped_at) "
-                    "SELECT meter_id, seq, size, ?, ?, received_at, ? FROM readings WHERE id = ? AND state = ?",
-                    (Reason.EXPIRED.value, PURGE_DETAIL, stamp, row_id, source))
-            cur = conn.execute(f"DELETE FROM {table_of(source)} WHERE id = ?"
-                               + (" AND state = ?" if table_of(source) == "readings" else ""),
-                               (row_id, source) if table_of(source) == "readings" else (row_id,))
-            deleted += cur.rowcount
-    return deleted
+        return sum(purge_row(conn, source, row_id, stamp, detail=PURGE_DETAIL) for source, row_id in chunk)
 
 
 def _db_path(conn: sqlite3.Connection) -> Path:

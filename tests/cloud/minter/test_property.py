@@ -3,7 +3,7 @@ whatever ratio changes the operator records, minted units per meter never exceed
 covered time, and every wallet's balance equals its entitlement exactly.
 
 The pure path (many examples): `pipeline.classify` with real Ed25519 signatures over an in-memory
-store, then `planner.plan` pass by pass as `store.plan_batches` does. The real path (a few examples):
+store, then `planner.plan` pass by pass as `Minter.plan` does. The real path (a few examples):
 the same accepted readings in real PostgreSQL, minted by the real minter on the real SVM, balances
 read from chain, `reconcile` clean."""
 
@@ -165,7 +165,7 @@ def build(specs: list[tuple[int, list[tuple]]]) -> World:  # type: ignore[type-a
 
 
 def mint(world: World) -> dict[str, int]:
-    """Balances per wallet after minting everything, pass by pass as store.plan_batches does: each
+    """Balances per wallet after minting everything, pass by pass as Minter.plan does: each
     pass takes a meter's readings of its oldest settings record only."""
     ledgers: dict[tuple[str, int], MeterLedger] = {}
     balances: dict[str, int] = {}
@@ -221,7 +221,8 @@ def test_random_histories_never_over_mint(specs: list[tuple[int, list[tuple]]]) 
 
 # -- the real path: PostgreSQL + SVM ---------------------------------------------------------------
 @settings(max_examples=4, deadline=None, phases=[Phase.explicit, Phase.generate],
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
+                                 HealthCheck.filter_too_much])
 @given(st.lists(meter_spec, min_size=2, max_size=3))
 def test_random_histories_through_the_real_minter(
         database_url: str, specs: list[tuple[int, list[tuple]]]) -> None:  # type: ignore[type-arg]
