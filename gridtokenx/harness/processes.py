@@ -8,15 +8,22 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from gridtokenx.errors import GridtokenxError
+
 
 def gridtokenx_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "gridtokenx", *args]
+
+
+class ProcessExited(GridtokenxError):
+    """A component process ended while it was expected to run."""
 
 
 @dataclass
@@ -70,6 +77,27 @@ class Proc:
     def wait(self, timeout: float | None = None) -> int:
         assert self.popen is not None
         return self.popen.wait(timeout)
+
+    def healthy(self, timeout: float = 1.0) -> bool:
+        """/healthz answers 200. Raises if the process has exited (with its log tail): waiting longer
+        would only hide why."""
+        if self.popen is not None and self.popen.poll() is not None:
+            raise ProcessExited(f"{self.name} exited with {self.popen.returncode}:\n{self.log_tail()}")
+        if self.metrics_port is None:
+            return False
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/healthz", timeout=timeout) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    def wait_healthy(self, timeout: float = 20.0) -> None:
+        """Until /healthz answers 200, within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while not self.healthy():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name}: /healthz not 200 within {timeout:g} s:\n{self.log_tail()}")
+            time.sleep(0.05)  # a poll interval under a deadline, not a wait for something to happen
 
     def log_tail(self, chars: int = 3000) -> str:
         try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -18,11 +17,10 @@ from typing import Any
 import pytest
 
 from gridtokenx.harness.brokers import Mosquitto, free_port
-from gridtokenx.harness.processes import parse_metrics
+from gridtokenx.harness.processes import Proc
 from gridtokenx.harness.standin import StandinCloud
 from runtime.config import BrokerURL
 from tests.conftest import BrokerFactory
-from tests.helpers import wait_for
 
 GATEWAY = "gw-test"
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,34 +53,35 @@ def rig(broker_factory: BrokerFactory, tmp_path: Path) -> Rig:
 
 @dataclass
 class Agent:
+    """`python -m edge run` as a real subprocess, restartable (one log per start), through the harness's `Proc`."""
+
     args: list[str]
     buffer: Path
     metrics_port: int
     log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
-    starts: int = 0
+    process: Proc | None = None
     logs: list[Path] = field(default_factory=list)
 
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return self.process.popen if self.process is not None else None
+
+    @property
+    def starts(self) -> int:
+        return len(self.logs)
+
     def start(self) -> Agent:
-        self.starts += 1
-        log = self.log_path.with_suffix(f".{self.starts}.log")
+        log = self.log_path.with_suffix(f".{len(self.logs) + 1}.log")
         self.logs.append(log)
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "edge", "run", *self.args], cwd=ROOT,
-                                         stdout=out, stderr=subprocess.STDOUT,
-                                         env=os.environ | {"PYTHONUNBUFFERED": "1"})
-        wait_for(self.healthy, timeout=20, message="the agent's /healthz")
+        self.process = Proc("edge agent", [sys.executable, "-m", "edge", "run", *self.args],
+                            env=os.environ | {"PYTHONUNBUFFERED": "1"}, log_path=log, metrics_port=self.metrics_port)
+        self.process.start()
+        self.process.wait_healthy(20)
         return self
 
     def healthy(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise AssertionError(f"agent exited with {self.proc.returncode}:\n{self.output()}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/healthz", timeout=1) as r:
-                return r.status == 200
-        except OSError:
-            return False
+        assert self.process is not None
+        return self.process.healthy()
 
     def health(self) -> dict[str, Any]:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/healthz", timeout=5) as r:
@@ -90,18 +89,18 @@ class Agent:
             return doc
 
     def metrics(self) -> dict[str, float]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
-            return parse_metrics(r.read().decode())
+        assert self.process is not None
+        return self.process.metrics(timeout=5)
 
     def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
+        assert self.process is not None
+        self.process.kill9()
 
     def terminate(self, timeout: float = 30) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
+        assert self.process is not None
+        code = self.process.stop(timeout)
+        assert code is not None
+        return code
 
     def output(self) -> str:
         return "\n".join(p.read_text(errors="replace")[-4000:] for p in self.logs if p.exists())

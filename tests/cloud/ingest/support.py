@@ -4,14 +4,11 @@ a gateway stand-in that re-sends unacknowledged batches the way the edge agent d
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import os
-import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,12 +18,12 @@ import base58
 
 from cloud.ingest import admin
 from gridtokenx.harness.brokers import free_port
+from gridtokenx.harness.processes import Proc
 from protocol import topics
 from protocol.envelopes import Ack, Batch, BatchItem, decode_ack, encode
 from protocol.meters_csv import MeterRow
 from protocol.reading import Reading
 from protocol.wire import secret_key_from_seed, sign_reading
-from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[3]
 INTERVAL = 300
@@ -85,7 +82,7 @@ async def query(dsn: str, sql: str, *args: object) -> list[asyncpg.Record]:
 
 
 class ConsumerProcess:
-    """`gridtokenx cloud run --role ingest` as a real subprocess."""
+    """`gridtokenx cloud run --role ingest` as a real subprocess (through the harness's `Proc`)."""
 
     def __init__(self, *, dsn: str, broker_url: str, client_id: str, log_dir: Path,
                  env: dict[str, str] | None = None, crash_after_commit: int | None = None) -> None:
@@ -94,53 +91,34 @@ class ConsumerProcess:
         wrapper = [str(Path(__file__).with_name("crash_after_commit.py")), str(crash_after_commit)] \
             if crash_after_commit else ["-m", "gridtokenx"]
         self.log_path = log_dir / f"{client_id}.log"
-        self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, *wrapper, "cloud", "run", "--role", "ingest", "--database-url", dsn,
-             "--broker-url", broker_url, "--client-id", client_id, "--port", str(self.port), "--host",
-             "127.0.0.1", "--no-migrate"],
-            cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-        )
+        self.process = Proc(client_id, [sys.executable, *wrapper, "cloud", "run", "--role", "ingest",
+                                        "--broker-url", broker_url, "--client-id", client_id, "--port",
+                                        str(self.port), "--host", "127.0.0.1", "--no-migrate"],
+                            env={**os.environ, "DATABASE_URL": dsn, **(env or {})}, log_path=self.log_path,
+                            metrics_port=self.port)
+        self.process.start()
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        assert self.process.popen is not None
+        return self.process.popen
 
     def wait_ready(self, timeout: float = 20.0) -> None:
-        def healthy() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"consumer exited {self.proc.returncode}: {self.log_path.read_text()[-3000:]}")
-            url = f"http://127.0.0.1:{self.port}/healthz"
-            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as r:
-                return bool(r.status == 200)
-            return False
-        wait_for(healthy, timeout=timeout, message="consumer /healthz")
+        self.process.wait_healthy(timeout)
 
     def metric(self, name: str) -> float:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as r:
-            text = r.read().decode()
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{"):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+        return self.process.metrics().get(name, 0.0)
 
     def terminate(self, timeout: float = 15.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            self.close()
+        code = self.process.stop(timeout)
+        assert code is not None
+        return code
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        self.close()
+        self.process.kill9()
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()
+        self.process.kill9()
 
 
 class Gateway:
