@@ -16,6 +16,7 @@ import click
 from prometheus_client import REGISTRY
 
 from cloud import db
+from cloud.cli_common import config_option, dsn_option, json_option, load_settings
 from cloud.ingest import admin
 from cloud.ingest.consumer import CapabilityError, IngestConsumer
 from cloud.ingest.metrics import IngestMetrics
@@ -23,7 +24,7 @@ from cloud.minter import MinterRefused
 from cloud.settings import CloudSettings
 from protocol import meters_csv
 from runtime import logs
-from runtime.config import ConfigError, load
+from runtime.config import ConfigError
 from runtime.errors import RuntimeFailure
 from runtime.observability import ListenError, ObservabilityServer
 from runtime.progress import working
@@ -33,17 +34,6 @@ from runtime.runner import run_component
 T = TypeVar("T")
 log = logging.getLogger("cloud.ingest")
 
-_config = click.option("--config", "config", type=click.Path(path_type=Path, dir_okay=False),
-                       help="YAML settings file (environment variables and flags override it).")
-_dsn = click.option("--database-url", help="PostgreSQL DSN [env DATABASE_URL].")
-_json = click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of text.")
-
-
-def _settings(config: Path | None, **overrides: Any) -> CloudSettings:
-    try:
-        return load(CloudSettings, config, overrides=overrides)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
 
 
 def _run(coro: Coroutine[Any, Any, T], dsn: str) -> T:
@@ -96,11 +86,11 @@ async def _with_conn(dsn: str, work: Callable[[asyncpg.Connection], Awaitable[T]
 
 
 @click.command(help="Apply pending SQL migrations (migrations/NNN_*.sql) under an advisory lock; idempotent.")
-@_config
-@_dsn
-@_json
+@config_option()
+@dsn_option
+@json_option
 def migrate(config: Path | None, database_url: str | None, as_json: bool) -> None:
-    settings = _settings(config, database_url=database_url)
+    settings = load_settings(config, database_url=database_url)
     applied = _run(db.migrate(settings.database_url), settings.database_url)
     if as_json:
         click.echo(json.dumps({"applied": applied}))
@@ -119,11 +109,11 @@ def meters() -> None:
                 "meter_id,public_key,wallet_address,meter_type,capacity_w (as `gridtokenx sim keygen` "
                 "writes it). Idempotent; bad rows are reported with their line numbers and skipped.")
 @click.argument("csv_path", type=click.Path(path_type=Path, dir_okay=False, exists=True))
-@_config
-@_dsn
-@_json
+@config_option()
+@dsn_option
+@json_option
 def import_(csv_path: Path, config: Path | None, database_url: str | None, as_json: bool) -> None:
-    settings = _settings(config, database_url=database_url)
+    settings = load_settings(config, database_url=database_url)
     rows, errors = meters_csv.parse(csv_path.read_text())
     with working(f"importing {len(rows):,} meter(s)"):
         result = _run(_with_conn(settings.database_url, lambda c: admin.upsert_meters(c, rows)),
@@ -159,12 +149,12 @@ def _csv_lines(text: str) -> dict[str, int]:
 @click.option("--wallet", "wallet_address", required=True, help="base58 Solana wallet that is minted to.")
 @click.option("--type", "meter_type", default="solar", show_default=True, help="solar, consumer, hybrid, battery …")
 @click.option("--capacity-w", type=int, required=True, help="Registered export capacity in watts.")
-@_config
-@_dsn
-@_json
+@config_option()
+@dsn_option
+@json_option
 def add(meter_id: str, public_key: str, wallet_address: str, meter_type: str, capacity_w: int,
         config: Path | None, database_url: str | None, as_json: bool) -> None:
-    settings = _settings(config, database_url=database_url)
+    settings = load_settings(config, database_url=database_url)
     row = meters_csv.check_row(meter_id, public_key, wallet_address, meter_type, capacity_w)
     if isinstance(row, str):
         raise click.ClickException(row)
@@ -178,11 +168,11 @@ def add(meter_id: str, public_key: str, wallet_address: str, meter_type: str, ca
 @meters.command("list", help="List registered meters.")
 @click.option("--status", type=click.Choice(["active", "suspended", "revoked", "quarantined"]),
               help="Only meters with this status.")
-@_config
-@_dsn
-@_json
+@config_option()
+@dsn_option
+@json_option
 def list_(status: str | None, config: Path | None, database_url: str | None, as_json: bool) -> None:
-    settings = _settings(config, database_url=database_url)
+    settings = load_settings(config, database_url=database_url)
     found = _run(_with_conn(settings.database_url, lambda c: admin.list_meters(c, status=status)),
                  settings.database_url)
     if as_json:
@@ -199,12 +189,12 @@ def _status_command(name: str, status: admin.Status, help_text: str) -> click.Co
     @click.command(name, help=help_text)
     @click.argument("meter_id")
     @click.option("--reason", help="Why (kept in meters.status_reason).")
-    @_config
-    @_dsn
-    @_json
+    @config_option()
+    @dsn_option
+    @json_option
     def command(meter_id: str, reason: str | None, config: Path | None, database_url: str | None,
                 as_json: bool) -> None:
-        settings = _settings(config, database_url=database_url)
+        settings = load_settings(config, database_url=database_url)
         _run(_with_conn(settings.database_url, lambda c: admin.set_status(c, meter_id, status, reason)),
              settings.database_url)
         click.echo(json.dumps({"meter_id": meter_id, "status": status, "reason": reason}) if as_json
@@ -234,11 +224,11 @@ consumer processes after this command returns. The old key stays in meter_keys a
 @click.option("--compromised", is_flag=True, help="The old key leaked: accept nothing signed by it any more.")
 @click.option("--old-key-below-seq", "below_seq", type=click.IntRange(min=0),
               help="Routine rotation: the old key verifies readings with seq < N only.")
-@_config
-@_dsn
+@config_option()
+@dsn_option
 def rotate_key(meter_id: str, public_key: str, compromised: bool, below_seq: int | None, config: Path | None,
                database_url: str | None) -> None:
-    settings = _settings(config, database_url=database_url)
+    settings = load_settings(config, database_url=database_url)
     problem = meters_csv.check_base58_32(public_key, "public_key")
     if problem:
         raise click.ClickException(problem)
@@ -251,11 +241,11 @@ def rotate_key(meter_id: str, public_key: str, compromised: bool, below_seq: int
 
 @meters.command("keys", help="Every key a meter has had: current, retired with its seq watermark, or compromised.")
 @click.argument("meter_id")
-@_config
-@_dsn
-@_json
+@config_option()
+@dsn_option
+@json_option
 def keys(meter_id: str, config: Path | None, database_url: str | None, as_json: bool) -> None:
-    settings = _settings(config, database_url=database_url)
+    settings = load_settings(config, database_url=database_url)
     rows = _run(_with_conn(settings.database_url, lambda c: admin.list_keys(c, meter_id)), settings.database_url)
     if as_json:
         click.echo(json.dumps([dataclasses.asdict(k) | {"state": k.state} for k in rows], default=str, indent=2))
@@ -270,10 +260,10 @@ def keys(meter_id: str, config: Path | None, database_url: str | None, as_json: 
 @click.argument("meter_id")
 @click.argument("public_key")
 @click.argument("seq", type=click.IntRange(min=0))
-@_config
-@_dsn
+@config_option()
+@dsn_option
 def key_watermark(meter_id: str, public_key: str, seq: int, config: Path | None, database_url: str | None) -> None:
-    settings = _settings(config, database_url=database_url)
+    settings = load_settings(config, database_url=database_url)
     _run(_with_conn(settings.database_url, lambda c: admin.set_key_watermark(c, meter_id, public_key, seq)),
          settings.database_url)
     click.echo(f"meter {meter_id}: retired key {public_key} now verifies readings with seq < {seq}")
@@ -282,8 +272,8 @@ def key_watermark(meter_id: str, public_key: str, seq: int, config: Path | None,
 @click.command(help="Run the cloud service: the ingest consumer (verify, validate, persist, ack) and/or "
                "the minter. Serves /metrics and /healthz on --port; SIGTERM drains the batch in hand.")
 @click.option("--role", type=click.Choice(["ingest", "mint", "all"]), default="all", show_default=True)
-@_config
-@_dsn
+@config_option()
+@dsn_option
 @click.option("--broker-url", help="Cloud broker, mqtt://cloud-consumer:PASS@host:port "
               "[env GRIDTOKENX_CLOUD_BROKER_URL].")
 @click.option("--client-id", help="MQTT client id; distinct per consumer process "
@@ -297,7 +287,7 @@ def key_watermark(meter_id: str, public_key: str, seq: int, config: Path | None,
 def run(role: str, config: Path | None, database_url: str | None, broker_url: str | None,
         client_id: str | None, port: int | None, host: str | None, log_format: str | None,
         log_level: str | None, run_migrations: bool) -> None:
-    settings = _settings(config, database_url=database_url, broker_url=broker_url, client_id=client_id,
+    settings = load_settings(config, database_url=database_url, broker_url=broker_url, client_id=client_id,
                          port=port, host=host, log_format=log_format, log_level=log_level)
     logs.setup(level=settings.log_level, json_format=settings.log_format == "json", log_file=settings.log_file,
                component="cloud")

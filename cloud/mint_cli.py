@@ -13,24 +13,13 @@ import asyncpg
 import click
 
 from cloud.chain.base import ChainError
+from cloud.cli_common import config_option, dsn_option, json_option, load_settings
 from cloud.settings import CloudSettings
-from runtime.config import ConfigError, load
 from runtime.progress import working
 from runtime.redact import redact_text, redact_url
 
 T = TypeVar("T")
 
-_config = click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
-                       help="cloud YAML settings file (environment variables override it)")
-_db = click.option("--database-url", default=None, help="PostgreSQL URL [env DATABASE_URL]")
-_json = click.option("--json", "as_json", is_flag=True, help="print one JSON document")
-
-
-def _settings(config_path: Path | None, database_url: str | None) -> CloudSettings:
-    try:
-        return load(CloudSettings, config_path, overrides={"database_url": database_url})
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
 
 
 def _run(factory: Callable[[], Awaitable[T]], settings: CloudSettings) -> T:
@@ -63,14 +52,14 @@ def _emit(doc: dict[str, Any]) -> None:
 @click.option("--reading", "reading_ids", type=int, multiple=True, help="meter_readings.id (repeatable)")
 @click.option("--meter", "meter_id", help="mint all unminted readings of this meter")
 @click.option("--timeout", default=60.0, show_default=True, help="seconds to wait for confirmation")
-@_config
-@_db
-@_json
+@config_option('config_path')
+@dsn_option
+@json_option
 def mint(reading_ids: tuple[int, ...], meter_id: str | None, timeout: float, config_path: Path | None,
          database_url: str | None, as_json: bool) -> None:
     if bool(reading_ids) == bool(meter_id):
         raise click.UsageError("give --reading ID (one or more) or --meter METER_ID, not both")
-    settings = _settings(config_path, database_url)
+    settings = load_settings(config_path, database_url=database_url)
     from cloud.minter.admin import manual_mint
 
     with working("minting: planning, sending and confirming batches"):
@@ -89,11 +78,11 @@ def mint(reading_ids: tuple[int, ...], meter_id: str | None, timeout: float, con
                "slot N, in the retry queue (next attempt at T) or dead-lettered. READING is a "
                "meter_readings id or METER_ID:SEQ.")
 @click.argument("reading")
-@_config
-@_db
-@_json
+@config_option('config_path')
+@dsn_option
+@json_option
 def why(reading: str, config_path: Path | None, database_url: str | None, as_json: bool) -> None:
-    settings = _settings(config_path, database_url)
+    settings = load_settings(config_path, database_url=database_url)
     from cloud.minter.admin import explain
 
     answer = _run(lambda: explain(settings, reading), settings)
@@ -110,11 +99,11 @@ def why(reading: str, config_path: Path | None, database_url: str | None, as_jso
                "scan the mint authority's transactions for batches that landed but are not recorded. "
                "Exit code 1 on any drift.")
 @click.option("--fix", is_flag=True, help="record landed-but-unrecorded batches as confirmed")
-@_config
-@_db
-@_json
+@config_option('config_path')
+@dsn_option
+@json_option
 def reconcile(fix: bool, config_path: Path | None, database_url: str | None, as_json: bool) -> None:
-    settings = _settings(config_path, database_url)
+    settings = load_settings(config_path, database_url=database_url)
     from cloud.minter.admin import run_reconcile
 
     with working("reconciling: the authority's transactions, wallet balances, entitlements"):
@@ -134,11 +123,11 @@ def reconcile(fix: bool, config_path: Path | None, database_url: str | None, as_
 # -- status ----------------------------------------------------------------------------------
 @click.command(help="The GridTokenX Phase 2 guide's four key minting metrics with its alert thresholds (backlog > 100, "
                "success < 95 %, average latency > 120 s, retry queue > 50). Exit code 2 when an alert fires.")
-@_config
-@_db
-@_json
+@config_option('config_path')
+@dsn_option
+@json_option
 def status(config_path: Path | None, database_url: str | None, as_json: bool) -> None:
-    settings = _settings(config_path, database_url)
+    settings = load_settings(config_path, database_url=database_url)
     from cloud.minter import economics
     from cloud.minter.status import read_status
 
@@ -187,11 +176,11 @@ def settings_group() -> None:
 
 
 @settings_group.command("show", help="Every settings record, oldest first, with the readings it applies to.")
-@_config
-@_db
-@_json
+@config_option('config_path')
+@dsn_option
+@json_option
 def settings_show(config_path: Path | None, database_url: str | None, as_json: bool) -> None:
-    settings = _settings(config_path, database_url)
+    settings = load_settings(config_path, database_url=database_url)
     from cloud.minter import economics
 
     async def read() -> Any:
@@ -217,10 +206,10 @@ def settings_show(config_path: Path | None, database_url: str | None, as_json: b
                         "start (it refuses to start otherwise).")
 @click.argument("ratio")
 @click.option("--note", help="why (kept with the record)")
-@_config
-@_db
+@config_option('config_path')
+@dsn_option
 def set_ratio(ratio: str, note: str | None, config_path: Path | None, database_url: str | None) -> None:
-    settings = _settings(config_path, database_url)
+    settings = load_settings(config_path, database_url=database_url)
     from cloud.minter import economics
 
     async def change() -> Any:

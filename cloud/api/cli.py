@@ -15,23 +15,11 @@ import click
 
 from cloud import db
 from cloud.api import tokens
-from cloud.settings import CloudSettings
+from cloud.cli_common import config_option, dsn_option, json_option, load_settings
 from runtime import logs
-from runtime.config import ConfigError, load
 
 T = TypeVar("T")
 
-_config = click.option("--config", "config", type=click.Path(path_type=Path, dir_okay=False),
-                       help="cloud YAML settings file (environment variables and flags override it)")
-_dsn = click.option("--database-url", help="PostgreSQL DSN [env DATABASE_URL]")
-_json = click.option("--json", "as_json", is_flag=True, help="print one JSON document")
-
-
-def _settings(config: Path | None, database_url: str | None) -> CloudSettings:
-    try:
-        return load(CloudSettings, config, overrides={"database_url": database_url})
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
 
 
 def _run(work: Callable[[asyncpg.Connection], Awaitable[T]], dsn: str) -> T:
@@ -54,8 +42,8 @@ def _run(work: Callable[[asyncpg.Connection], Awaitable[T]], dsn: str) -> T:
 @click.command(help="Serve the HTTP and WebSocket API (uvicorn): POST /api/meters/submit-reading, reads, admin "
                "routes, /api/ws live events, /metrics, /healthz, /openapi.json and /docs. Any number of "
                "processes (--workers, or several hosts behind a load balancer) share one database.")
-@_config
-@_dsn
+@config_option()
+@dsn_option
 @click.option("--host", default="0.0.0.0", show_default=True, help="bind address")
 @click.option("--port", type=int, default=8090, show_default=True, help="TCP port")
 @click.option("--workers", type=int, default=1, show_default=True, help="uvicorn worker processes")
@@ -72,7 +60,7 @@ def api(config: Path | None, database_url: str | None, host: str, port: int, wor
         meter_burst: float | None, run_migrations: bool, log_level: str | None) -> None:
     import uvicorn
 
-    settings = _settings(config, database_url)
+    settings = load_settings(config, database_url=database_url)
     logs.setup(level=log_level or settings.log_level, json_format=settings.log_format == "json",
                log_file=settings.log_file)
     if run_migrations:
@@ -123,12 +111,12 @@ def tokens_group() -> None:
 @click.option("--scope", type=click.Choice(tokens.SCOPES), required=True)
 @click.option("--name", required=True, help="who or what uses it (kept in the audit table)")
 @click.option("--expires", help="30d, 12h, 90m or an ISO 8601 instant; default: never")
-@_config
-@_dsn
-@_json
+@config_option()
+@dsn_option
+@json_option
 def create(scope: tokens.Scope, name: str, expires: str | None, config: Path | None, database_url: str | None,
            as_json: bool) -> None:
-    settings = _settings(config, database_url)
+    settings = load_settings(config, database_url=database_url)
     expires_at = _parse_expiry(expires)
     secret, info = _run(lambda c: tokens.create(c, name=name, scope=scope, expires_at=expires_at),
                         settings.database_url)
@@ -142,11 +130,11 @@ def create(scope: tokens.Scope, name: str, expires: str | None, config: Path | N
 
 
 @tokens_group.command("list", help="Every token (never the secrets).")
-@_config
-@_dsn
-@_json
+@config_option()
+@dsn_option
+@json_option
 def list_(config: Path | None, database_url: str | None, as_json: bool) -> None:
-    settings = _settings(config, database_url)
+    settings = load_settings(config, database_url=database_url)
     rows = _run(tokens.list_tokens, settings.database_url)
     if as_json:
         click.echo(json.dumps([_token_json(t) for t in rows]))
@@ -158,10 +146,10 @@ def list_(config: Path | None, database_url: str | None, as_json: bool) -> None:
 
 @tokens_group.command(help="Revoke a token by id; refused from the next request on, in every API process.")
 @click.argument("token_id", type=int)
-@_config
-@_dsn
+@config_option()
+@dsn_option
 def revoke(token_id: int, config: Path | None, database_url: str | None) -> None:
-    settings = _settings(config, database_url)
+    settings = load_settings(config, database_url=database_url)
     info = _run(lambda c: tokens.revoke(c, token_id), settings.database_url)
     if info is None:
         raise click.ClickException(f"no token {token_id}; see `gridtokenx cloud tokens list`")
