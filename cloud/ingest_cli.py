@@ -21,6 +21,7 @@ from cloud.ingest import admin
 from cloud.ingest.consumer import CapabilityError, IngestConsumer
 from cloud.ingest.metrics import IngestMetrics
 from cloud.minter import MinterRefused
+from cloud.minter.health import MinterHealth
 from cloud.settings import CloudSettings
 from protocol import meters_csv
 from runtime import logs
@@ -299,7 +300,7 @@ def run(role: str, config: Path | None, database_url: str | None, broker_url: st
         sys.exit(MinterRefused.code)
 
 
-MinterFn = Callable[[CloudSettings, asyncio.Event], Awaitable[None]]
+MinterFn = Callable[[CloudSettings, asyncio.Event, MinterHealth | None], Awaitable[None]]
 
 
 
@@ -325,9 +326,16 @@ async def _serve(settings: CloudSettings, role: str, run_minter: MinterFn | None
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
     consumer = IngestConsumer(settings, metrics=IngestMetrics(REGISTRY)) if role in ("ingest", "all") else None
-    server = ObservabilityServer(
-        host=settings.host, port=settings.port,
-        health=consumer.health if consumer else (lambda: {"healthy": True, "component": "cloud-mint"}))
+    minter_health = MinterHealth() if run_minter is not None else None
+
+    def health() -> dict[str, Any]:
+        # Each role reports its dependencies' real state; the process is healthy when every role is.
+        parts = ([consumer.health()] if consumer else []) + ([minter_health.report()] if minter_health else [])
+        if len(parts) == 1:
+            return parts[0]
+        return {"healthy": all(p["healthy"] for p in parts), "ingest": parts[0], "mint": parts[1]}
+
+    server = ObservabilityServer(host=settings.host, port=settings.port, health=health)
     await server.start()
     log.info("metrics and health on http://%s:%d (/metrics, /healthz); role %s", settings.host, server.port, role)
     try:
@@ -335,7 +343,7 @@ async def _serve(settings: CloudSettings, role: str, run_minter: MinterFn | None
             if consumer is not None:
                 tasks.create_task(_until_done(consumer.run(stop), stop))
             if run_minter is not None:
-                tasks.create_task(_until_done(run_minter(settings, stop), stop))
+                tasks.create_task(_until_done(run_minter(settings, stop, minter_health), stop))
     except* CapabilityError as group:
         raise group.exceptions[0] from None
     finally:

@@ -32,6 +32,7 @@ from cloud.chain.tx import budget_of, build_mint_tx, max_wallets_per_tx
 from cloud.chain.ws import SignatureWatcher
 from cloud.minter import MinterRefused, economics, metrics, planner, store
 from cloud.minter.budget import Budget
+from cloud.minter.health import MinterHealth
 from cloud.minter.status import export, read_status
 from cloud.settings import CloudSettings, websocket_url
 from runtime.backoff import Backoff, pause
@@ -60,6 +61,7 @@ class Minter:
         self._clean: dict[str, int] = {}  # signature -> watcher generation in which nothing can be missed
         self.confirmed_batches = 0
         self._settings_checked = False
+        self.health = MinterHealth()
 
     # -- planning ---------------------------------------------------------------------------
     async def plan(self, *, reading_ids: Sequence[int] | None = None, meter_id: str | None = None,
@@ -296,6 +298,7 @@ class Minter:
                     self.watcher.wake.clear()  # what arrives from here on wakes the next pass at once
                 open_count = await self.drive()
                 failures.reset()
+                self.health.ok()
                 if open_count:
                     # Subscribed: a notification wakes us; otherwise look again when a rebroadcast is due.
                     delay = (self.settings.chain.rebroadcast_secs if self.subscribing
@@ -306,6 +309,7 @@ class Minter:
             except (TimeoutError, ChainError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 level = logging.WARNING if failures.attempt == 0 else logging.DEBUG
                 log.log(level, "minter pass failed (%s: %s); retrying", type(exc).__name__, exc)
+                self.health.failed(f"minter pass failed: {type(exc).__name__}: {exc}"[:300])
                 delay = failures.next()
             await self._sleep(stop, max(delay, 0.01))
         await self._drain()
@@ -341,7 +345,7 @@ def refuse(sentence: str) -> MinterRefused:
     return MinterRefused(sentence)
 
 
-async def run_minter(settings: CloudSettings, stop: asyncio.Event) -> None:
+async def run_minter(settings: CloudSettings, stop: asyncio.Event, health: MinterHealth | None = None) -> None:
     """Entry point for `gridtokenx cloud run --role mint|all`: runs until `stop` is set.
 
     Refuses to start (exit status 2, one sentence on stderr) when the economic settings are unsafe or
@@ -369,6 +373,8 @@ async def run_minter(settings: CloudSettings, stop: asyncio.Event) -> None:
             except economics.SettingsError as exc:
                 raise refuse(str(exc)) from None
             minter = Minter(pool, backend, settings, watcher)
+            if health is not None:
+                minter.health = health
             await economics.record_runtime(pool, minter.authority, settings.tokenization)
             log.info("minter started: mint %s, authority %s, backend %s, %d wallets per transaction, "
                      "confirmation by %s", minter.identity.mint, minter.authority, settings.chain.backend,
