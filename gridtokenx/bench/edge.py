@@ -18,13 +18,10 @@ import multiprocessing
 import os
 import platform
 import secrets
-import signal
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -35,6 +32,7 @@ import psutil
 
 from gridtokenx.harness.brokers import Mosquitto, free_port
 from gridtokenx.harness.loadgen import publish_all
+from gridtokenx.harness.processes import Proc, ProcessExited
 from gridtokenx.harness.standin import StandinCloud, interleaved, make_meters
 from runtime.config import BrokerURL
 
@@ -103,49 +101,32 @@ class _Publish:
 
 
 class _Agent:
+    """The agent under test, through the harness's one subprocess helper."""
+
     def __init__(self, edge: Mosquitto, cloud: Mosquitto, buffer: Path, log: Path) -> None:
         self.port = free_port()
         # Broker URLs carry passwords: environment, never argv.
-        self.env = {"GRIDTOKENX_EDGE_BROKER_URL": edge.url_for("edge-agent"),
-                    "GRIDTOKENX_CLOUD_BROKER_URL": cloud.url_for(GATEWAY), "GRIDTOKENX_EDGE_BACKOFF_MAX_S": "2"}
-        self.args = [sys.executable, "-m", "edge", "run", "--gateway-id", GATEWAY,
-                     "--buffer", str(buffer), "--metrics-port", str(self.port), "--max-rows", "5000000",
-                     "--max-bytes", str(4 << 30)]
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
+        env = {"GRIDTOKENX_EDGE_BROKER_URL": edge.url_for("edge-agent"),
+               "GRIDTOKENX_CLOUD_BROKER_URL": cloud.url_for(GATEWAY), "GRIDTOKENX_EDGE_BACKOFF_MAX_S": "2"}
+        self.process = Proc("edge agent", [sys.executable, "-m", "edge", "run", "--gateway-id", GATEWAY,
+                                           "--buffer", str(buffer), "--metrics-port", str(self.port), "--max-rows",
+                                           "5000000", "--max-bytes", str(4 << 30)],
+                            env=os.environ | env, log_path=log, metrics_port=self.port)
 
     def start(self) -> psutil.Process:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT,
-                                         env=os.environ | self.env)
-        _wait(self._up, 30, "the agent's /healthz")
-        return psutil.Process(self.proc.pid)
-
-    def _up(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise click.ClickException(f"the agent exited; see {self.log}")
+        self.process.start()
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1):
-                return True
-        except OSError:
-            return False
+            self.process.wait_healthy(30)
+        except (ProcessExited, TimeoutError) as exc:
+            raise click.ClickException(f"the agent did not start: {exc}") from exc
+        assert self.process.pid is not None
+        return psutil.Process(self.process.pid)
 
     def metric(self, name: str) -> float:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
-            for line in r.read().decode().splitlines():
-                if line.startswith(name + " "):
-                    return float(line.rsplit(" ", 1)[1])
-        return 0.0
+        return self.process.metrics(timeout=5).get(name, 0.0)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        self.process.stop(60)
 
 
 def _prefill(buffer: Path, rows: int) -> None:

@@ -88,7 +88,7 @@ async def test_fee_recorded_with_the_batch_is_what_its_bytes_pay(database_url: s
         conn = await asyncpg.connect(database_url)
         try:
             rows = await conn.fetch("SELECT status, tx_bytes, compute_unit_limit, compute_unit_price, fee_lamports,"
-                                    " cardinality(wallets) AS n FROM mint_batches WHERE id = ANY($1)", ids)
+                                    " cardinality(wallets) AS n FROM mint_batches WHERE id = ANY($1) ORDER BY id", ids)
         finally:
             await conn.close()
         assert [r["n"] for r in rows] == [9, 9, 2]  # packing stays maximal: 9 wallets per transaction
