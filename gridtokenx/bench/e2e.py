@@ -121,9 +121,12 @@ def sustained(samples: list[Sample], hop: str, until: float) -> float:
 
 
 def run_bench(*, meters: int, duration: float, rate: float, consumers: int, workdir: Path, interval: int,
-              drain_timeout: float, console: Console) -> dict[str, Any]:
-    cloud_env = {"TOKENIZATION_BATCH_SIZE": "10000", "TOKENIZATION_POLLING_INTERVAL_SECS": "1",
+              drain_timeout: float, console: Console, mint_batch_size: int = 10_000,
+              mint_max_batches: int | None = None) -> dict[str, Any]:
+    cloud_env = {"TOKENIZATION_BATCH_SIZE": str(mint_batch_size), "TOKENIZATION_POLLING_INTERVAL_SECS": "1",
                  "LOG_LEVEL": "WARNING"}
+    if mint_max_batches is not None:
+        cloud_env["TOKENIZATION_MAX_BATCHES_PER_POLL"] = str(mint_max_batches)
     options = StackOptions(meters=meters + PROBE_METERS, workdir=workdir, cloud_env=cloud_env)
     with Stack(options) as stack:
         stack.setup()
@@ -143,7 +146,7 @@ def run_bench(*, meters: int, duration: float, rate: float, consumers: int, work
                      "--rate", str(offered), "--backfill", str(backfill), "--drain-timeout", str(drain_timeout)]
         result = asyncio.run(_drive(run, probe, sim_flags, drain_timeout, console))
         result |= {"meters": meters, "duration_s": duration, "offered_rate": rate or "flat out",
-                   "consumers": consumers}
+                   "consumers": consumers, "minter_env": {k: v for k, v in cloud_env.items() if k != "LOG_LEVEL"}}
         return result
 
 
@@ -237,17 +240,23 @@ def machine() -> dict[str, Any]:
 @click.option("--consumers", default=2, show_default=True, help="Cloud ingest processes on the shared subscription.")
 @click.option("--interval", default=300, show_default=True, help="Simulated reading interval (s).")
 @click.option("--drain-timeout", default=300.0, show_default=True, help="Seconds to wait for the backlog to clear.")
+@click.option("--mint-batch-size", default=10_000, show_default=True,
+              help="The minter's TOKENIZATION_BATCH_SIZE: readings one poll may claim.")
+@click.option("--mint-max-batches", type=int, default=None,
+              help="The minter's TOKENIZATION_MAX_BATCHES_PER_POLL (transactions one poll may plan); "
+                   "default: the minter's own default (64).")
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path(".gridtokenx/bench-e2e"), show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def e2e(meters: int, duration: float, rate: float, consumers: int, interval: int, drain_timeout: float,
-        workdir: Path, as_json: bool) -> None:
+        mint_batch_size: int, mint_max_batches: int | None, workdir: Path, as_json: bool) -> None:
     """Run the whole pipeline as separate processes and report sustained readings/s per hop, latency
     percentiles (publish → Postgres commit, commit → confirmed mint), and CPU/RSS per process."""
     console = Console(stderr=True, quiet=as_json)
     try:
         result = run_bench(meters=meters, duration=duration, rate=rate, consumers=consumers,
                            workdir=workdir / time.strftime("%Y%m%d-%H%M%S"), interval=interval,
-                           drain_timeout=drain_timeout, console=console)
+                           drain_timeout=drain_timeout, console=console, mint_batch_size=mint_batch_size,
+                           mint_max_batches=mint_max_batches)
     except StackError as exc:
         click.echo(f"bench e2e failed: {exc}", err=True)
         sys.exit(1)
