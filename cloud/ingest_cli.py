@@ -227,14 +227,19 @@ consumer processes after this command returns. The old key stays in meter_keys a
               help="Routine rotation: the old key verifies readings with seq < N only.")
 @config_option()
 @dsn_option
+@json_option
 def rotate_key(meter_id: str, public_key: str, compromised: bool, below_seq: int | None, config: Path | None,
-               database_url: str | None) -> None:
+               database_url: str | None, as_json: bool) -> None:
     settings = load_settings(config, database_url=database_url)
     problem = meters_csv.check_base58_32(public_key, "public_key")
     if problem:
         raise click.ClickException(problem)
     watermark = _run(_with_conn(settings.database_url, lambda c: admin.rotate_key(
         c, meter_id, public_key, compromised=compromised, below_seq=below_seq)), settings.database_url)
+    if as_json:
+        click.echo(json.dumps({"meter_id": meter_id, "public_key": public_key, "compromised": watermark is None,
+                               "old_key_below_seq": watermark}))
+        return
     old = ("the old key verifies nothing any more (compromised)" if watermark is None
            else f"the old key verifies readings with seq < {watermark} only")
     click.echo(f"meter {meter_id} now verifies with {public_key}; {old}")

@@ -72,8 +72,10 @@ def test_add_list_suspend_revoke_rotate(migrated_db: str) -> None:
     assert (listed["status"], listed["status_reason"], listed["capacity_w"]) == ("suspended", "site visit", 5000)
 
     new_key = new.row().public_key
-    code, out = cli("cloud", "meters", "rotate-key", "solar-1", new_key, "--database-url", migrated_db)
+    code, out = cli("cloud", "meters", "rotate-key", "solar-1", new_key, "--json", "--database-url", migrated_db)
     assert code == 0
+    assert json.loads(out) == {"meter_id": "solar-1", "public_key": new_key, "compromised": False,
+                               "old_key_below_seq": 0}  # no reading stored yet
     keys = asyncio.run(query(migrated_db, "SELECT public_key, valid_until FROM meter_keys WHERE meter_id = 'solar-1'"
                                           " ORDER BY valid_from"))
     assert [(k["public_key"], k["valid_until"] is None) for k in keys] == [(row.public_key, False), (new_key, True)]
