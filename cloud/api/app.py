@@ -735,15 +735,14 @@ async def admin_reinstate(request: Request[Any, Any, Any], meter_id: str, data: 
 @post("/api/admin/meters/{meter_id:str}/rotate-key", opt={"scope": "admin"}, security=BEARER, responses=_ADMIN,
       status_code=200, tags=["admin"])
 async def admin_rotate(request: Request[Any, Any, Any], meter_id: str, data: RotateIn) -> AdminOut:
-    """Make PUBLIC_KEY the meter's key; the old key stays valid for readings signed before now."""
-    from protocol.b58 import b58decode
+    """Make PUBLIC_KEY the meter's key (a routine rotation): the old key keeps verifying readings below the
+    default seq watermark, the meter's highest stored seq + 1 (PROTOCOL.md, "Key lifecycle")."""
+    from protocol.meters_csv import check_base58_32
 
     async def work() -> dict[str, Any]:
-        try:
-            if len(b58decode(data.public_key.encode())) != 32:
-                raise ValueError
-        except ValueError as exc:
-            raise ClientException("public_key is not a base58 Ed25519 public key") from exc
+        problem = check_base58_32(data.public_key, "public_key")
+        if problem:
+            raise ClientException(problem)
         async with _ctx(request).db.acquire() as conn:
             try:
                 await registry_admin.rotate_key(conn, meter_id, data.public_key)
