@@ -333,7 +333,8 @@ async def _minter_alive(ctx: _Context) -> Check:
             "SELECT count(*) AS waiting, EXTRACT(EPOCH FROM now() - min(r.submitted_at))::float8 AS oldest"
             " FROM meter_readings r JOIN meters m ON m.meter_id = r.meter_id AND m.status = 'active'"
             " LEFT JOIN minting_retry_queue q ON q.reading_id = r.id"
-            " WHERE NOT r.minted AND r.mint_batch_id IS NULL"
+            " LEFT JOIN meter_mint_ledger l ON l.meter_id = r.meter_id"
+            " WHERE NOT r.minted AND l.open_batch_id IS NULL"
             " AND (q.id IS NULL OR (NOT q.dead_lettered AND q.next_retry_at <= now()))")
         last = await conn.fetchval("SELECT EXTRACT(EPOCH FROM now() - max(updated_at))::float8 FROM mint_batches")
     finally:

@@ -460,8 +460,10 @@ async def get_meter(request: Request[Any, Any, Any], meter_id: str) -> MeterOut:
     raise NotFoundException(f"meter {meter_id!r} is not registered")
 
 
-_STATE_SQL = {"minted": " AND minted", "unminted": " AND NOT minted AND mint_batch_id IS NULL",
-              "in_batch": " AND NOT minted AND mint_batch_id IS NOT NULL", "all": ""}
+# A reading in an open batch is not written to until the batch confirms (migration 055): the open
+# batches say which readings they hold.
+_STATE_SQL = {"minted": " AND minted", "unminted": " AND NOT minted AND o.batch_id IS NULL",
+              "in_batch": " AND NOT minted AND o.batch_id IS NOT NULL", "all": ""}
 
 
 @get("/api/meters/{meter_id:str}/readings", opt={"scope": "read"}, security=BEARER, responses=_READ,
@@ -493,14 +495,16 @@ async def meter_readings(request: Request[Any, Any, Any], meter_id: str,
     else:
         rows = await pool.fetch(
             "SELECT id, seq, export_wh, export_register_wh, extract(epoch FROM interval_end)::bigint AS iend,"
-            " format, minted, mint_batch_id, mint_tx_signature, mint_slot FROM meter_readings"
+            " format, minted, COALESCE(mint_batch_id, o.batch_id) AS mint_batch_id, mint_tx_signature, mint_slot,"
+            " o.batch_id AS open_batch_id"
+            " FROM meter_readings r LEFT JOIN open_batch_readings o ON o.reading_id = r.id AND NOT r.minted"
             " WHERE meter_id = $1 AND ($2::bigint IS NULL OR seq < $2)"
             " AND ($3::float8 IS NULL OR interval_end >= to_timestamp($3))"
             " AND ($4::float8 IS NULL OR interval_end < to_timestamp($4))" + _STATE_SQL[reading_state] +
             " ORDER BY seq DESC LIMIT $5", meter_id, before, since_v, until_v, limit)
         for r in rows:
             st: Literal["minted", "in_batch", "unminted"] = (
-                "minted" if r["minted"] else "in_batch" if r["mint_batch_id"] is not None else "unminted")
+                "minted" if r["minted"] else "in_batch" if r["open_batch_id"] is not None else "unminted")
             items.append(ReadingOut(st, r["seq"], r["id"], r["export_wh"], r["export_register_wh"], r["iend"],
                                     r["format"], r["mint_batch_id"], r["mint_tx_signature"], r["mint_slot"]))
     last = items[-1].seq if len(items) == limit else None

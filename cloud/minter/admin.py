@@ -177,13 +177,17 @@ async def _explain(conn: asyncpg.Connection, settings: CloudSettings, reading: s
                            f"(quarantined, rejected or dropped there: `gridtokenx edge inspect list{where}` on the "
                            "gateway)", {})
     rid = row["id"]
+    # The batch that minted it, or else the open batch that holds it (migration 055: a reading in an
+    # open batch is not written to until the batch confirms).
+    batch_id = row["mint_batch_id"] if row["minted"] else await conn.fetchval(
+        "SELECT max(batch_id) FROM open_batch_readings WHERE reading_id = $1", rid)
     base = {"reading_id": rid, "meter_id": row["meter_id"], "seq": row["seq"], "wallet": row["wallet_address"],
             "export_wh": row["export_wh"]}
     # Settings in force from the database (what the minter used), never the caller's environment.
     records = await economics.load(conn)
     decimals = records[-1].decimals if records else settings.tokenization.decimals
-    if records and row["mint_batch_id"] is not None:
-        sid = await conn.fetchval("SELECT settings_id FROM mint_batches WHERE id = $1", row["mint_batch_id"])
+    if records and batch_id is not None:
+        sid = await conn.fetchval("SELECT settings_id FROM mint_batches WHERE id = $1", batch_id)
         decimals = next((r.decimals for r in records if r.id == sid), decimals)
     if row["minted"]:
         units = int(row["mint_base_units"] or 0)
@@ -194,13 +198,13 @@ async def _explain(conn: asyncpg.Connection, settings: CloudSettings, reading: s
                            f"{base_units_to_tokens_text(units, decimals)} tokens to {row['wallet_address']}",
                            base | {"signature": sig, "slot": row["mint_slot"], "batch_id": row["mint_batch_id"],
                                    "base_units": units})
-    if row["mint_batch_id"] is not None:
+    if batch_id is not None:
         b = await conn.fetchrow("SELECT status, signature, sign_attempts, send_count, created_at FROM mint_batches"
-                                " WHERE id = $1", row["mint_batch_id"])
-        return Explanation("in_batch", f"reading {rid} is in batch {row['mint_batch_id']} ({b['status']}, tx "
+                                " WHERE id = $1", batch_id)
+        return Explanation("in_batch", f"reading {rid} is in batch {batch_id} ({b['status']}, tx "
                            f"{b['signature']}, signed {b['sign_attempts']}x, sent {b['send_count']}x); it is "
                            "minted when that transaction confirms",
-                           base | {"batch_id": row["mint_batch_id"], "batch_status": b["status"],
+                           base | {"batch_id": batch_id, "batch_status": b["status"],
                                    "signature": b["signature"]})
     q = await conn.fetchrow("SELECT attempts, next_retry_at, error_message, dead_lettered FROM minting_retry_queue"
                             " WHERE reading_id = $1", rid)

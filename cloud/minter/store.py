@@ -23,13 +23,16 @@ from cloud.settings import TokenizationSettings
 
 MEMO_PREFIX = "gridtokenx:mint-batch:"
 
-# Oldest unminted readings of active meters whose retry time has come; rows other minters hold are skipped.
+# Oldest unminted readings of active meters whose retry time has come; rows other minters hold are
+# skipped, and so are the readings of meters with an open batch (`meter_mint_ledger.open_batch_id`):
+# a reading in an open batch is never written to until its batch confirms (migration 055).
 _CLAIM = """
 SELECT r.id, r.meter_id, r.wallet_address, r.export_wh
 FROM meter_readings r
 JOIN meters m ON m.meter_id = r.meter_id
 LEFT JOIN minting_retry_queue q ON q.reading_id = r.id
-WHERE r.minted = FALSE AND r.mint_batch_id IS NULL AND m.status = 'active'
+LEFT JOIN meter_mint_ledger l ON l.meter_id = r.meter_id
+WHERE r.minted = FALSE AND m.status = 'active' AND l.open_batch_id IS NULL
   AND ($2::bigint[] IS NULL OR r.id = ANY($2))
   AND ($3::text IS NULL OR r.meter_id = $3)
   AND (q.id IS NULL OR $4 OR (NOT q.dead_lettered AND q.next_retry_at <= now()))
@@ -156,7 +159,6 @@ async def write_batch(conn: asyncpg.Connection, batch_id: int, p: BatchPlan, sig
         await conn.execute("INSERT INTO mint_batch_signatures (signature, batch_id, blockhash,"
                            " last_valid_block_height) VALUES ($1,$2,$3,$4)",
                            signed.signature, batch_id, signed.blockhash, signed.last_valid_block_height)
-    await conn.execute("UPDATE meter_readings SET mint_batch_id = $1 WHERE id = ANY($2)", batch_id, p.reading_ids)
     await conn.execute("UPDATE meter_mint_ledger SET open_batch_id = $1, updated_at = now() "
                        "WHERE meter_id = ANY($2)", batch_id, meters)
     if signed:
@@ -224,11 +226,11 @@ async def _apply_confirmation(conn: asyncpg.Connection, batch_id: int, signature
     if row is None:
         return None
     latencies = await conn.fetch(
-        "UPDATE meter_readings r SET minted = TRUE, mint_tx_signature = $2, mint_slot = $3,"
+        "UPDATE meter_readings r SET minted = TRUE, mint_batch_id = $1, mint_tx_signature = $2, mint_slot = $3,"
         " mint_block_time = to_timestamp($4), minted_at = now(), updated_at = now(),"
         " mint_base_units = u.units"
         " FROM unnest($5::bigint[], $6::numeric[]) AS u(id, units)"
-        " WHERE r.id = u.id AND r.mint_batch_id = $1"
+        " WHERE r.id = u.id AND NOT r.minted"
         " RETURNING EXTRACT(EPOCH FROM (now() - r.submitted_at))::float8 AS latency",
         batch_id, signature, slot, block_time, row["reading_ids"], row["reading_units"])
     await conn.execute(
@@ -259,8 +261,6 @@ async def release(pool: asyncpg.Pool, batch_id: int, signature: str | None, *, s
             " RETURNING reading_ids", batch_id, signature, status, error[:2000])
         if row is None:
             return None
-        await conn.execute("UPDATE meter_readings SET mint_batch_id = NULL WHERE id = ANY($2) AND mint_batch_id = $1",
-                           batch_id, row["reading_ids"])
         await conn.execute("UPDATE meter_mint_ledger SET open_batch_id = NULL, updated_at = now()"
                            " WHERE open_batch_id = $1", batch_id)
         previous = {r["reading_id"]: r["attempts"] for r in await conn.fetch(
