@@ -9,6 +9,8 @@ claimed again, even for readings that arrived after its batch was planned.
 from __future__ import annotations
 
 import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
@@ -18,20 +20,31 @@ from cloud.db import migrate
 from cloud.minter import store
 from cloud.minter.admin import explain
 from cloud.minter.service import Minter
-from tests.cloud.minter.conftest import add_fleet, add_readings, entitled_by_wallet, minter_settings
+from cloud.settings import CloudSettings
+from tests.cloud.minter.conftest import Fleet, add_fleet, add_readings, entitled_by_wallet, minter_settings
 
 
-async def test_planning_leaves_readings_untouched_and_confirmation_writes_them_once(database_url: str,
-                                                                                     tmp_path: Path) -> None:
+@asynccontextmanager
+async def _minting(database_url: str, tmp_path: Path, *, meters: int, readings_per_meter: int,
+                   seed: int) -> AsyncIterator[tuple[CloudSettings, Fleet, Minter, asyncpg.Pool]]:
     settings = minter_settings(database_url, tmp_path / "chain", batch_size=1000)
     await migrate(database_url)
-    fleet = await add_fleet(database_url, meters=3, readings_per_meter=2, seed=31)
+    fleet = await add_fleet(database_url, meters=meters, readings_per_meter=readings_per_meter, seed=seed)
     backend = await open_backend(settings)
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
     assert pool is not None
     try:
+        yield settings, fleet, Minter(pool, backend, settings), pool
+    finally:
+        await pool.close()
+        await backend.close()
+
+
+async def test_planning_leaves_readings_untouched_and_confirmation_writes_them_once(database_url: str,
+                                                                                     tmp_path: Path) -> None:
+    async with _minting(database_url, tmp_path, meters=3, readings_per_meter=2, seed=31) as (settings, fleet, minter,
+                                                                                            pool):
         before = {r["id"]: r["xmin"] for r in await pool.fetch("SELECT id, xmin::text FROM meter_readings")}
-        minter = Minter(pool, backend, settings)
         [batch_id] = await minter.plan()
         after = {r["id"]: r["xmin"] for r in await pool.fetch("SELECT id, xmin::text FROM meter_readings")}
         assert after == before, "planning wrote reading rows"
@@ -63,21 +76,12 @@ async def test_planning_leaves_readings_untouched_and_confirmation_writes_them_o
         assert await pool.fetchval("SELECT count(*) FROM meter_readings WHERE NOT minted") == 0
         wh = {m: fleet.wh[m] + late.wh[m] for m in fleet.meters}
         total = type(fleet)(fleet.meters, wh, [])
-        assert await backend.token_supply() == sum(entitled_by_wallet(total).values())
-    finally:
-        await pool.close()
-        await backend.close()
+        assert await minter.backend.token_supply() == sum(entitled_by_wallet(total).values())
 
 
 async def test_a_released_batch_leaves_its_readings_claimable(database_url: str, tmp_path: Path) -> None:
-    settings = minter_settings(database_url, tmp_path / "chain", batch_size=1000)
-    await migrate(database_url)
-    fleet = await add_fleet(database_url, meters=2, readings_per_meter=1, seed=32)
-    backend = await open_backend(settings)
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
-    assert pool is not None
-    try:
-        minter = Minter(pool, backend, settings)
+    async with _minting(database_url, tmp_path, meters=2, readings_per_meter=1, seed=32) as (settings, fleet, minter,
+                                                                                            pool):
         [batch_id] = await minter.plan()
         sig = await pool.fetchval("SELECT signature FROM mint_batches WHERE id = $1", batch_id)
         decisions = await store.release(pool, batch_id, sig, status="failed", error="test: never sent",
@@ -89,6 +93,3 @@ async def test_a_released_batch_leaves_its_readings_claimable(database_url: str,
         assert len(again) == 1 and again[0] != batch_id
         held = {r["reading_id"] for r in await pool.fetch("SELECT reading_id FROM open_batch_readings")}
         assert held == set(fleet.reading_ids)
-    finally:
-        await pool.close()
-        await backend.close()
