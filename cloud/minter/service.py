@@ -33,7 +33,7 @@ from cloud.chain.ws import SignatureWatcher
 from cloud.minter import MinterRefused, economics, metrics, planner, store
 from cloud.minter.budget import Budget
 from cloud.minter.health import MinterHealth
-from cloud.minter.status import export, read_status
+from cloud.minter.status import export, prune, read_status
 from cloud.settings import CloudSettings, websocket_url
 from runtime.backoff import Backoff, pause
 
@@ -274,6 +274,7 @@ class Minter:
             log.info("manual mint request %d: batches %s", req.id, batch_ids)
 
     async def refresh_metrics(self) -> None:
+        await prune(self.pool)
         export(await read_status(self.pool))
 
     # -- loop -------------------------------------------------------------------------------

@@ -42,12 +42,24 @@ class MintStatus:
         return asdict(self) | {"alerts": self.alerts, "alerting": any(self.alerts.values())}
 
 
+# The guide's last-hour figures without reading the last hour's readings (migration 056): minted and
+# latency from the minter's per-second counts, unminted from the unminted index (the backlog), and
+# submitted = minted + unminted. Same figures as the guide's SQL, to the second at the window's edge.
+_LAST_HOUR = """
+WITH edge AS (SELECT now() - interval '1 hour' AS t),
+u AS (SELECT count(*) FILTER (WHERE submitted_at >= edge.t) AS unminted, count(*) AS backlog
+      FROM meter_readings, edge WHERE minted = FALSE),
+m AS (SELECT coalesce(sum(minted), 0) AS minted, sum(latency_sum_secs) AS latency_sum
+      FROM mint_stats_by_second, edge WHERE submitted_second >= floor(extract(epoch FROM edge.t)))
+SELECT u.backlog, u.unminted + m.minted AS total, m.minted,
+       CASE WHEN m.minted > 0 THEN m.latency_sum / m.minted END AS latency
+FROM u, m
+"""
+
+
 async def read_status(conn: asyncpg.Pool | asyncpg.Connection) -> MintStatus:
-    backlog = await conn.fetchval("SELECT count(*) FROM meter_readings WHERE minted = FALSE")
-    hour = await conn.fetchrow(
-        "SELECT count(*) AS total, count(*) FILTER (WHERE minted) AS minted,"
-        " avg(EXTRACT(EPOCH FROM (minted_at - submitted_at))) FILTER (WHERE minted) AS latency"
-        " FROM meter_readings WHERE submitted_at >= now() - interval '1 hour'")
+    hour = await conn.fetchrow(_LAST_HOUR)
+    backlog = hour["backlog"]
     retry = await conn.fetchrow(
         "SELECT count(*) AS size, coalesce(avg(attempts), 0)::float8 AS avg,"
         " coalesce(max(attempts), 0) AS max, count(*) FILTER (WHERE dead_lettered) AS dead"
@@ -61,6 +73,12 @@ async def read_status(conn: asyncpg.Pool | asyncpg.Connection) -> MintStatus:
         retry_queue_max_attempts=int(retry["max"]), dead_lettered=int(retry["dead"]),
         avg_latency_secs=None if hour["latency"] is None else round(float(hour["latency"]), 3),
         open_batches=int(open_batches))
+
+
+async def prune(conn: asyncpg.Pool | asyncpg.Connection) -> None:
+    """Forget per-second counts no window reads any more (the minter calls this as it refreshes)."""
+    await conn.execute("DELETE FROM mint_stats_by_second"
+                       " WHERE submitted_second < floor(extract(epoch FROM now() - interval '2 hours'))")
 
 
 def export(status: MintStatus) -> None:

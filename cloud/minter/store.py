@@ -225,13 +225,20 @@ async def _apply_confirmation(conn: asyncpg.Connection, batch_id: int, signature
         batch_id, signature, slot, block_time)
     if row is None:
         return None
+    # The readings, and the per-second figures `status.read_status` reads instead of scanning them.
     latencies = await conn.fetch(
-        "UPDATE meter_readings r SET minted = TRUE, mint_batch_id = $1, mint_tx_signature = $2, mint_slot = $3,"
-        " mint_block_time = to_timestamp($4), minted_at = now(), updated_at = now(),"
+        "WITH m AS (UPDATE meter_readings r SET minted = TRUE, mint_batch_id = $1, mint_tx_signature = $2,"
+        " mint_slot = $3, mint_block_time = to_timestamp($4), minted_at = now(), updated_at = now(),"
         " mint_base_units = u.units"
         " FROM unnest($5::bigint[], $6::numeric[]) AS u(id, units)"
         " WHERE r.id = u.id AND NOT r.minted"
-        " RETURNING EXTRACT(EPOCH FROM (now() - r.submitted_at))::float8 AS latency",
+        " RETURNING floor(EXTRACT(EPOCH FROM r.submitted_at))::bigint AS second,"
+        " EXTRACT(EPOCH FROM (now() - r.submitted_at))::float8 AS latency),"
+        " s AS (INSERT INTO mint_stats_by_second AS t (submitted_second, minted, latency_sum_secs)"
+        " SELECT second, count(*), sum(latency) FROM m GROUP BY second"
+        " ON CONFLICT (submitted_second) DO UPDATE SET minted = t.minted + EXCLUDED.minted,"
+        " latency_sum_secs = t.latency_sum_secs + EXCLUDED.latency_sum_secs)"
+        " SELECT latency FROM m",
         batch_id, signature, slot, block_time, row["reading_ids"], row["reading_units"])
     await conn.execute(
         "UPDATE meter_mint_ledger l SET minted_wh = l.minted_wh + u.wh, minted_units = l.minted_units + u.units,"
