@@ -33,8 +33,8 @@ async def test_replay_publishes_exactly_the_bytes_live_mode_signs(
         fleet_factory: Callable[..., Fleet], tmp_path: Path, fmt: str, interval: int) -> None:
     fleet = fleet_factory(3)
     # A fixed clock: both runs cover the same 12 intervals per meter, ending at the injected instant.
-    common = {"meter": MeterSettings(reading_interval_seconds=interval, format=fmt), "speed": INTERVALS * interval * 8.0,
-              "duration": 0.5, "backfill": float(INTERVALS * interval)}
+    common = {"meter": MeterSettings(reading_interval_seconds=interval, format=fmt),
+              "speed": INTERVALS * interval * 8.0, "duration": 0.5, "backfill": float(INTERVALS * interval)}
     payloads: dict[str, dict[str, list[bytes]]] = {}
     reports = {}
     for mode in ("live", "replay"):
