@@ -259,9 +259,9 @@ async def run_fleet(settings: SimSettings, *, stop: asyncio.Event | None = None,
         fleet.resend_outbox()  # before pre-signing, which adds the run's own messages to the outbox
         if settings.run.mode == "replay":
             # Before /metrics answers: `bench e2e` starts its timed window when it does.
-            report = fleet.presign()
+            prep = fleet.presign()
             log.info("replay: signed %d message(s) in %.1f s (%.0f signs/s) before the run",
-                     report.messages, report.seconds, report.signs_per_s)
+                     prep.messages, prep.seconds, prep.signs_per_s)
         if settings.run.metrics_port is not None:
             server = ObservabilityServer(host="0.0.0.0", port=settings.run.metrics_port,
                                          health=lambda: {"healthy": True, "connected": sum(
