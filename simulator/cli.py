@@ -87,6 +87,10 @@ def _fault_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--rate", type=float, help="Load mode: target readings/s for the fleet (sets --speed).")
 @click.option("--backfill", type=float, help="Simulated seconds before now where fresh meters start "
                                              "[default: duration × speed, at most 6 days].")
+@click.option("--mode", type=click.Choice(["live", "replay"]),
+              help="live: each meter signs each reading as its interval ends. replay: sign every reading "
+                   "of the run before it starts (needs --duration), then only publish them at the same pace; "
+                   "the report gives the pre-signing cost apart (presign).  [default: live]")
 @click.option("--seed", type=int, help="Fleet seed: weather and measurements are reproducible.  [default: 0]")
 @click.option("--format", "fmt", type=click.Choice(["v1", "legacy"]), help="Payload format.  [default: v1]")
 @click.option("--connections", type=click.IntRange(min=0),
@@ -111,7 +115,7 @@ def _fault_options(fn: Callable[..., Any]) -> Callable[..., Any]:
               show_default=True)
 def run_cmd(config_path: Path | None, keys_dir: Path | None, count: int | None, meter_ids: tuple[str, ...],
             broker_url: str | None, interval: int | None, speed: float | None, duration: float | None,
-            rate: float | None, backfill: float | None, seed: int | None, fmt: str | None,
+            rate: float | None, backfill: float | None, mode: str | None, seed: int | None, fmt: str | None,
             connections: int | None, fleet_user: str | None, fleet_password: str | None,
             ca_file: Path | None, window: int | None, max_buffer: int | None, state: Path | None,
             metrics_port: int | None, drain_timeout: float | None, as_json: bool, report_path: Path | None,
@@ -130,8 +134,8 @@ def run_cmd(config_path: Path | None, keys_dir: Path | None, count: int | None, 
             "meter": {"ids": meter_ids or None, "count": count, "reading_interval_seconds": interval,
                       "format": fmt},
             "signing": {"keys_dir": keys_dir},
-            "run": {"speed": speed, "duration": duration, "rate": rate, "backfill": backfill, "seed": seed,
-                    "max_buffer": max_buffer, "state": state, "metrics_port": metrics_port,
+            "run": {"speed": speed, "duration": duration, "rate": rate, "backfill": backfill, "mode": mode,
+                    "seed": seed, "max_buffer": max_buffer, "state": state, "metrics_port": metrics_port,
                     "drain_timeout": drain_timeout},
             "faults": fault_rates,
         })
@@ -184,9 +188,14 @@ def _progress_table(stats: Stats, fleet: Fleet, per_s: dict[str, float]) -> Tabl
 
 def _print_summary(report: FleetReport) -> None:
     lat = report.latency_ms
-    click.echo(f"{report.meters} meters over {report.connections} connection(s), {report.elapsed_s:.1f} s: "
+    click.echo(f"{report.meters} meters ({report.mode} mode) over {report.connections} connection(s), "
+               f"{report.elapsed_s:.1f} s: "
                f"{report.acked} acked of {report.published} published ({report.rate:,.0f}/s), "
                f"latency p50 {lat.p50} ms p95 {lat.p95} ms p99 {lat.p99} ms")
+    if report.presign is not None:
+        p = report.presign
+        click.echo(f"mode replay: {p.messages} message(s) signed before the run in {p.seconds:.1f} s "
+                   f"({p.signs_per_s:,.0f} signs/s), not counted in the figures above")
     if report.pending or report.dropped:
         click.echo(f"{report.pending} unacknowledged kept for the next run, {report.dropped} dropped (buffer full)")
     if report.errors:

@@ -8,6 +8,9 @@ Time anchoring: the cloud rejects interval ends more than 5 minutes in the futur
 7 days old, so simulated time never passes real time. A fresh meter's clock starts `backfill`
 simulated seconds before now (default: duration × speed, at most 6 days), so a simulated day at
 high speed ends about now; a clock that catches up with real time just runs in real time.
+
+Replay mode (`simulator.replay`) signs every interval the run will reach before it starts; the same
+clock then releases the pre-signed messages instead of running the meters' interval jobs.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from runtime.observability import ObservabilityServer
 from simulator.keystore import load_keys
 from simulator.link import Link
 from simulator.meter import Meter, Outgoing, initial_state
-from simulator.report import FleetReport, Stats
+from simulator.replay import Presigned, presign
+from simulator.report import FleetReport, PresignReport, Stats
 from simulator.settings import MAX_BACKFILL_SECONDS, SimSettings
 from simulator.state import StateStore
 
@@ -97,6 +101,8 @@ class Fleet:
         self.sim_now = self.sim_start
         self.stats = Stats(multiplexed=settings.multiplexed)
         self._done: list[int] = []
+        self.presigned: Presigned | None = None
+        self.presign_report: PresignReport | None = None
         self._room = asyncio.Event()
         self.links: list[Link] = []
         self.link_of: dict[str, Link] = {}
@@ -127,6 +133,18 @@ class Fleet:
     @property
     def backlog(self) -> int:
         return sum(link.backlog for link in self.links)
+
+    def presign(self) -> PresignReport:
+        """Replay mode: sign every interval this run's clock will reach (see simulator.replay)."""
+        assert self.settings.run.duration is not None  # SimSettings.check
+        wall = self.clock()
+        until = int(min(self.sim_start + self.settings.run.duration * self.speed, wall))
+        self.presigned, self.presign_report = presign(self.meters, self.store, until=until, wall=int(wall))
+        self.stats.started = time.monotonic()  # the run's elapsed time starts after the preparation
+        return self.presign_report
+
+    def _next_end(self, meter: Meter) -> float:
+        return meter.next_end if self.presigned is None else self.presigned.next_end(meter.meter_id)
 
     def flush_done(self) -> None:
         if self._done:
@@ -160,15 +178,19 @@ class Fleet:
                     blocked = True  # backpressure: the broker is slower than the clock
                     continue
                 made = 0
-                while meter.next_end <= target and made < BURST:
-                    items.extend(meter.next_interval(int(wall)))
+                while self._next_end(meter) <= target and made < BURST:
+                    if self.presigned is None:
+                        items.extend(meter.next_interval(int(wall)))
+                    else:
+                        items.extend(self.presigned.take(meter.meter_id))
                     made += 1
                 if made:
                     touched.append(meter)
-                behind = behind or meter.next_end <= target
+                behind = behind or self._next_end(meter) <= target
             if items:
-                done, self._done = self._done, []
-                self.store.commit(((m.meter_id, m.state) for m in touched), items, done)
+                if self.presigned is None:  # replay persisted its messages before the run
+                    done, self._done = self._done, []
+                    self.store.commit(((m.meter_id, m.state) for m in touched), items, done)
                 self.stats.generated_items(items)
                 for item in items:
                     self.link_of[item.meter_id].enqueue([item])
@@ -183,7 +205,7 @@ class Fleet:
                     await asyncio.wait_for(self._room.wait(), 0.1)
                 continue
             # Idle: sleep until the clock reaches the next interval end (or real time does).
-            next_end = min(m.next_end for m in self.meters)
+            next_end = min(self._next_end(m) for m in self.meters)
             wait = (next_end - target) / self.speed if target < wall - 1 else next_end - wall
             if duration is not None:
                 wait = min(wait, duration - elapsed)
@@ -196,7 +218,8 @@ class Fleet:
             await asyncio.sleep(every)
             for link in self.links:
                 link.misc()
-            self.flush_done()
+            if self.presigned is None:  # replay writes no SQLite during the run: acked rows go at the end
+                self.flush_done()
             if progress is not None:
                 progress(self.stats, self)
 
@@ -211,6 +234,7 @@ class Fleet:
             rate=self.stats.rate(),
             latency_ms=self.stats.percentiles(), faults=self.stats.fault_summaries(),
             per_meter=dict(sorted(self.stats.per_meter.items())),
+            mode=self.settings.run.mode, presign=self.presign_report,
         )
 
 
@@ -232,12 +256,17 @@ async def run_fleet(settings: SimSettings, *, stop: asyncio.Event | None = None,
         store.check_meta({"interval": str(settings.interval), "format": settings.meter.format,
                           "seed": str(settings.run.seed)})
         fleet = Fleet(settings, keys, store, clock=clock)
+        fleet.resend_outbox()  # before pre-signing, which adds the run's own messages to the outbox
+        if settings.run.mode == "replay":
+            # Before /metrics answers: `bench e2e` starts its timed window when it does.
+            prep = fleet.presign()
+            log.info("replay: signed %d message(s) in %.1f s (%.0f signs/s) before the run",
+                     prep.messages, prep.seconds, prep.signs_per_s)
         if settings.run.metrics_port is not None:
             server = ObservabilityServer(host="0.0.0.0", port=settings.run.metrics_port,
                                          health=lambda: {"healthy": True, "connected": sum(
                                              link.connected for link in fleet.links)})
             await server.start()
-        fleet.resend_outbox()
         drained = asyncio.Event()  # links end once this is set and their backlog is empty
         async with asyncio.TaskGroup() as tg:
             ticker = tg.create_task(fleet.tick(progress))

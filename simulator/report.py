@@ -52,6 +52,21 @@ class MeterTotals(msgspec.Struct):
     last_register_wh: int | None = None
 
 
+class PresignReport(msgspec.Struct, kw_only=True):
+    """Replay mode's preparation, before the run: kept out of the run's figures."""
+
+    seconds: float
+    """Wall time to build, sign and persist (outbox) every payload of the run."""
+    cpu_s: float
+    """Process CPU time (user + system) of that phase."""
+    messages: int
+    signs: int
+    """Ed25519 signatures made (a replay fault re-sends signed bytes without signing)."""
+    signs_per_s: float
+    until: int
+    """Every interval ending at or before this instant (UTC seconds) was signed."""
+
+
 class FleetReport(msgspec.Struct, kw_only=True):
     meters: int
     connections: int
@@ -77,6 +92,10 @@ class FleetReport(msgspec.Struct, kw_only=True):
     """Publish → PUBACK latency."""
     faults: dict[str, FaultSummary]
     per_meter: dict[str, MeterTotals]
+    mode: str = "live"
+    """live (each reading signed as its interval ends) or replay (signed before the run)."""
+    presign: PresignReport | None = None
+    """Replay mode only: the cost of signing before the run, not included in `rate` or `elapsed_s`."""
 
 
 @dataclass

@@ -82,6 +82,10 @@ class RunSettings:
     """TOKENIZATION_MAX_READING_KWH × 1000: good readings never exceed it."""
     drain_timeout: float = 10.0
     """On stop, seconds to wait for in-flight publishes before leaving them in the outbox."""
+    mode: str = "live"
+    """live: each meter signs each reading when its interval ends. replay: every reading of the run
+    is signed (and written to the outbox) before the run starts, then only published at the same
+    pace (simulator.replay); needs a duration."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +124,10 @@ class SimSettings:
             raise ConfigError("--rate must be positive")
         if self.run.duration is not None and self.run.duration <= 0:
             raise ConfigError("--duration must be positive")
+        if self.run.mode not in ("live", "replay"):
+            raise ConfigError(f"--mode must be live or replay, not {self.run.mode!r}")
+        if self.run.mode == "replay" and self.run.duration is None:
+            raise ConfigError("--mode replay signs every reading of the run before it starts: give --duration")
         if self.multiplexed and not (self.broker.fleet_user and self.broker.fleet_password):
             raise ConfigError("--connections K needs --fleet-user and --fleet-password (a broker user "
                               "allowed to write meters/+/readings, e.g. sim-fleet)")
