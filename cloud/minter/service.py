@@ -165,6 +165,7 @@ class Minter:
                     if watcher.subscribed(sig):
                         self._clean[sig] = watcher.generation  # polled after subscribing: nothing missed
         still_open = 0
+        landed: list[tuple[store.OpenBatch, int]] = []
         for b in batches:
             assert b.signature is not None and b.last_valid_block_height is not None
             st = notified.get(b.signature) or polled.get(b.signature)
@@ -173,7 +174,7 @@ class Minter:
             elif st is not None:
                 self._forget(b.signature)
                 if st.err is None:
-                    await self._confirmed(b, st.slot)
+                    landed.append((b, st.slot))
                 else:
                     await self._release(b, "failed", f"landed with error {st.err}; nothing was minted")
             elif b.signature in polled and height > b.last_valid_block_height:
@@ -189,6 +190,7 @@ class Minter:
                                         + (f"; last refusal: {refusal}" if refusal else ""))
             else:
                 still_open += 1
+        await self._confirmed(landed)
         return still_open
 
     def _vouched(self, signature: str, height: int, last_valid: int | None) -> bool:
@@ -205,29 +207,38 @@ class Minter:
         if self.watcher is not None:
             self.watcher.forget(signature)
 
-    async def _confirmed(self, b: store.OpenBatch, slot: int) -> None:
-        assert b.signature is not None
-        self._last_refusal.pop(b.id, None)
-        block_time = await self.backend.block_time(b.signature, slot)
-        latencies = await store.confirm(self.pool, b.id, b.signature, slot, block_time)
-        if latencies is None:
+    async def _confirmed(self, landed: Sequence[tuple[store.OpenBatch, int]]) -> None:
+        """Record this pass's landed batches in one PostgreSQL transaction (`store.confirm_many`)."""
+        if not landed:
             return
-        metrics.BATCHES.labels(outcome="confirmed").inc()
-        self.confirmed_batches += 1
-        if b.tx_bytes is not None:
-            budget = budget_of(VersionedTransaction.from_bytes(b.tx_bytes))
-            if budget is not None:
-                metrics.FEES_PAID.inc(budget.fee())
-                await self.budget.record_fees(self.pool, [b.id])
+        items = []
+        for b, slot in landed:
+            assert b.signature is not None
+            self._last_refusal.pop(b.id, None)
+            items.append((b.id, b.signature, slot, await self.backend.block_time(b.signature, slot)))
+        results = await store.confirm_many(self.pool, items)
+        done = [(b, slot, latencies) for (b, slot), latencies in zip(landed, results, strict=True)
+                if latencies is not None]
+        paid = []
+        for b, slot, latencies in done:
+            metrics.BATCHES.labels(outcome="confirmed").inc()
+            self.confirmed_batches += 1
+            if b.tx_bytes is not None:
+                budget = budget_of(VersionedTransaction.from_bytes(b.tx_bytes))
+                if budget is not None:
+                    metrics.FEES_PAID.inc(budget.fee())
+                    paid.append(b.id)
+            metrics.MINTED_READINGS.inc(len(latencies))
+            metrics.MINTED_UNITS.inc(sum(b.amounts))
+            for value in latencies:
+                metrics.LATENCY.observe(max(value, 0.0))
+            log.info("batch %d confirmed: %d readings, %d wallets, tx %s slot %d", b.id, len(latencies),
+                     len(b.transfers), b.signature, slot)
+        if paid:
+            await self.budget.record_fees(self.pool, paid)
         calls = getattr(self.backend, "total_calls", None)
-        if isinstance(calls, int):
+        if isinstance(calls, int) and self.confirmed_batches:
             metrics.RPC_CALLS_PER_BATCH.set(calls / self.confirmed_batches)
-        metrics.MINTED_READINGS.inc(len(latencies))
-        metrics.MINTED_UNITS.inc(sum(b.amounts))
-        for value in latencies:
-            metrics.LATENCY.observe(max(value, 0.0))
-        log.info("batch %d confirmed: %d readings, %d wallets, tx %s slot %d", b.id, len(latencies),
-                 len(b.transfers), b.signature, slot)
 
     async def _release(self, b: store.OpenBatch, outcome: str, error: str) -> None:
         decisions = await store.release(self.pool, b.id, b.signature, status=outcome, error=error,

@@ -215,6 +215,18 @@ async def confirm(pool: asyncpg.Pool, batch_id: int, signature: str, slot: int,
         return await _apply_confirmation(conn, batch_id, signature, slot, block_time)
 
 
+async def confirm_many(pool: asyncpg.Pool, landed: Sequence[tuple[int, str, int, int | None]]
+                       ) -> list[list[float] | None]:
+    """`confirm` for each (batch id, signature, slot, block time), all in one PostgreSQL transaction:
+    one durable commit for a pass's confirmations instead of one per batch. Each is the same
+    compare-and-swap, so a batch someone else already confirmed is skipped (None)."""
+    if not landed:
+        return []
+    async with pool.acquire() as conn, conn.transaction():
+        return [await _apply_confirmation(conn, batch_id, signature, slot, block_time)
+                for batch_id, signature, slot, block_time in landed]
+
+
 async def _apply_confirmation(conn: asyncpg.Connection, batch_id: int, signature: str | None,
                               slot: int | None, block_time: int | None) -> list[float] | None:
     row = await conn.fetchrow(
