@@ -93,3 +93,21 @@ async def test_a_released_batch_leaves_its_readings_claimable(database_url: str,
         assert len(again) == 1 and again[0] != batch_id
         held = {r["reading_id"] for r in await pool.fetch("SELECT reading_id FROM open_batch_readings")}
         assert held == set(fleet.reading_ids)
+
+
+async def test_a_pass_confirms_its_batches_in_one_transaction_and_skips_ones_already_confirmed(
+        database_url: str, tmp_path: Path) -> None:
+    async with _minting(database_url, tmp_path, meters=12, readings_per_meter=1, seed=33) as (_settings, _fleet, minter,
+                                                                                             pool):
+        first, second = await minter.plan()  # 12 wallets: two transactions
+        batches = {b.id: b for b in await store.open_batches(pool, minter.authority)}
+        for b in batches.values():
+            assert b.tx_bytes is not None
+            await minter.backend.send(b.tx_bytes)
+        sig1, sig2 = batches[first].signature, batches[second].signature
+        assert sig1 is not None and sig2 is not None
+        assert await store.confirm(pool, first, sig1, 1, None) is not None  # someone else was quicker
+        done = await store.confirm_many(pool, [(first, sig1, 1, None), (second, sig2, 1, None)])
+        assert done[0] is None and done[1]
+        assert await pool.fetchval("SELECT count(*) FROM meter_readings WHERE NOT minted") == 0
+        assert await minter.drive() == 0
