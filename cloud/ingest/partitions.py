@@ -82,14 +82,16 @@ WHERE i.inhparent = 'meter_readings'::regclass
 _BOUND = re.compile(r"FROM \((MINVALUE|'?(-?\d+)'?)\) TO \('?(-?\d+)'?\)")
 
 
-async def partitions(conn: asyncpg.Connection) -> list[Partition]:
+async def partitions(conn: asyncpg.Connection, *, finalize: bool = False) -> list[Partition]:
     """The attached partitions, oldest first. A detach left pending by an interrupted retention is
-    finalized first (DETACH ... FINALIZE), so the partition appears as a leftover to archive."""
+    left out; with `finalize` it is completed (DETACH ... FINALIZE), so the table becomes a leftover
+    for retention to archive."""
     rows = await conn.fetch(_PARTITIONS)
     out = []
     for r in rows:
         if r["pending"]:
-            await conn.execute(f'ALTER TABLE meter_readings DETACH PARTITION "{r["name"]}" FINALIZE')
+            if finalize:
+                await conn.execute(f'ALTER TABLE meter_readings DETACH PARTITION "{r["name"]}" FINALIZE')
             continue
         m = _BOUND.search(r["bound"])
         if m is None:
@@ -148,6 +150,7 @@ async def retention(dsn: str, *, older_than: timedelta, archive_dir: Path | None
     try:
         if not dry_run:
             report.created_ahead = await ensure(conn)
+            await partitions(conn, finalize=True)
             for name in await _leftovers(conn):
                 assert archive_dir is not None
                 report.partitions.append(await _archive_detached(conn, name, None, None, archive_dir,

@@ -237,3 +237,23 @@ def test_the_archive_directory_is_required_unless_dry_run(migrated_db: str) -> N
     result = CliRunner().invoke(gridtokenx_main, ["cloud", "readings", "retention", "--older-than", "30d",
                                                   "--database-url", migrated_db])
     assert result.exit_code != 0 and "--archive-dir" in result.output
+
+
+async def test_an_archive_interrupted_after_the_detach_is_finished_by_the_next_run(
+        migrated_db: str, tmp_path: Path) -> None:
+    m = Meter.make("int-1")
+    await register(migrated_db, [m])
+    await ingest(migrated_db, "a", [m.item(1, 10, 10)])
+    await next_ids_from(migrated_db, FIRST_BOUNDARY)
+    await ingest(migrated_db, "b", [m.item(2, 10, 20)])
+    await query(migrated_db, "UPDATE meter_readings SET minted = TRUE, minted_at = now()")
+    # Where a crash can leave retention: the partition detached, not yet archived nor dropped.
+    await query(migrated_db, "ALTER TABLE meter_readings DETACH PARTITION meter_readings_p0")
+    report = await partitions.retention(migrated_db, older_than=timedelta(days=30), archive_dir=tmp_path,
+                                        dry_run=False, now=later(31))
+    finished = [p for p in report.partitions if p.action == "archived"]
+    assert [(p.name, p.reason, p.rows) for p in finished] == [
+        ("meter_readings_p0", "finishing an interrupted archive", 1)]
+    check_archive(tmp_path, "meter_readings_p0", 1)
+    assert await count(migrated_db, "SELECT count(*) FROM pg_class WHERE relname = 'meter_readings_p0'") == 0
+    assert await ingest(migrated_db, "c", [m.item(1, 10, 10)]) == [("duplicate", None)]
