@@ -462,8 +462,8 @@ async def get_meter(request: Request[Any, Any, Any], meter_id: str) -> MeterOut:
 
 # A reading in an open batch is not written to until the batch confirms (migration 055): the open
 # batches say which readings they hold.
-_STATE_SQL = {"minted": " AND minted", "unminted": " AND NOT minted AND o.batch_id IS NULL",
-              "in_batch": " AND NOT minted AND o.batch_id IS NOT NULL", "all": ""}
+_STATE_SQL = {"minted": " AND r.minted", "unminted": " AND NOT r.minted AND o.batch_id IS NULL",
+              "in_batch": " AND NOT r.minted AND o.batch_id IS NOT NULL", "all": ""}
 
 
 @get("/api/meters/{meter_id:str}/readings", opt={"scope": "read"}, security=BEARER, responses=_READ,
@@ -494,14 +494,17 @@ async def meter_readings(request: Request[Any, Any, Any], meter_id: str,
                  for r in rows]
     else:
         rows = await pool.fetch(
-            "SELECT id, seq, export_wh, export_register_wh, extract(epoch FROM interval_end)::bigint AS iend,"
-            " format, minted, COALESCE(mint_batch_id, o.batch_id) AS mint_batch_id, mint_tx_signature, mint_slot,"
-            " o.batch_id AS open_batch_id"
-            " FROM meter_readings r LEFT JOIN open_batch_readings o ON o.reading_id = r.id AND NOT r.minted"
-            " WHERE meter_id = $1 AND ($2::bigint IS NULL OR seq < $2)"
-            " AND ($3::float8 IS NULL OR interval_end >= to_timestamp($3))"
-            " AND ($4::float8 IS NULL OR interval_end < to_timestamp($4))" + _STATE_SQL[reading_state] +
-            " ORDER BY seq DESC LIMIT $5", meter_id, before, since_v, until_v, limit)
+            # A meter's readings by seq come from meter_reading_keys (the partitions are by id and
+            # have no (meter_id, seq) index); readings of archived partitions are not listed.
+            "SELECT r.id, k.seq, r.export_wh, r.export_register_wh, extract(epoch FROM k.interval_end)::bigint AS iend,"
+            " r.format, r.minted, COALESCE(r.mint_batch_id, o.batch_id) AS mint_batch_id, r.mint_tx_signature,"
+            " r.mint_slot, o.batch_id AS open_batch_id"
+            " FROM meter_reading_keys k JOIN meter_readings r ON r.id = k.reading_id"
+            " LEFT JOIN open_batch_readings o ON o.reading_id = r.id AND NOT r.minted"
+            " WHERE k.meter_id = $1 AND ($2::bigint IS NULL OR k.seq < $2)"
+            " AND ($3::float8 IS NULL OR k.interval_end >= to_timestamp($3))"
+            " AND ($4::float8 IS NULL OR k.interval_end < to_timestamp($4))" + _STATE_SQL[reading_state] +
+            " ORDER BY k.seq DESC LIMIT $5", meter_id, before, since_v, until_v, limit)
         for r in rows:
             st: Literal["minted", "in_batch", "unminted"] = (
                 "minted" if r["minted"] else "in_batch" if r["open_batch_id"] is not None else "unminted")
@@ -535,8 +538,12 @@ async def wallet_balance(request: Request[Any, Any, Any], wallet: str) -> Balanc
     ctx = _ctx(request)
     tok = ctx.cloud.tokenization
     rows = await ctx.db.fetch(
-        "SELECT m.meter_id, coalesce(sum(r.export_wh), 0)::bigint AS wh FROM meters m"
-        " LEFT JOIN meter_readings r ON r.meter_id = m.meter_id AND r.wallet_address = m.wallet_address"
+        # Stored readings (found through meter_reading_keys) plus archived partitions' totals.
+        "SELECT m.meter_id, coalesce(sum(t.wh), 0)::bigint AS wh FROM meters m LEFT JOIN ("
+        " SELECT k.meter_id, r.wallet_address, r.export_wh AS wh"
+        " FROM meter_reading_keys k JOIN meter_readings r ON r.id = k.reading_id"
+        " UNION ALL SELECT meter_id, wallet_address, wh FROM meter_readings_archived"
+        ") t ON t.meter_id = m.meter_id AND t.wallet_address = m.wallet_address"
         " WHERE m.wallet_address = $1 GROUP BY m.meter_id ORDER BY m.meter_id", wallet)
     entitled = sum(entitled_base_units(int(r["wh"]), ratio=tok.ratio, decimals=tok.decimals) for r in rows)
     minted = await ctx.db.fetchval(

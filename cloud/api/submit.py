@@ -128,7 +128,7 @@ class Submitter:
             result = plan.results()[0]
             reading_id = None
             if result.status != "rejected":
-                reading_id = await conn.fetchval("SELECT id FROM meter_readings WHERE meter_id = $1 AND seq = $2",
-                                                 meter_id, seq)
+                reading_id = await conn.fetchval("SELECT reading_id FROM meter_reading_keys"
+                                                 " WHERE meter_id = $1 AND seq = $2", meter_id, seq)
         detail = plan.rejected[0].detail if plan.rejected else ""
         return Outcome(result.status, meter_id, seq, result.reason, detail, reading_id)

@@ -153,7 +153,7 @@ async def rotate_key(conn: asyncpg.Connection, meter_id: str, public_key: str, *
             raise AdminError(f"meter {meter_id!r} has had this key before; a rotation needs a new key")
         if not compromised and below_seq is None:
             below_seq = int(await conn.fetchval(
-                "SELECT coalesce(max(seq) + 1, 0) FROM meter_readings WHERE meter_id = $1", meter_id))
+                "SELECT coalesce(max(seq) + 1, 0) FROM meter_reading_keys WHERE meter_id = $1", meter_id))
         await conn.execute(
             "UPDATE meter_keys SET valid_until = now(), below_seq = $2,"
             " compromised_at = CASE WHEN $3 THEN now() END, retired_reason = $4"

@@ -12,10 +12,11 @@ from collections.abc import Callable, Collection
 
 import asyncpg
 
-from cloud.ingest.pipeline import Parsed, Plan, classify
+from cloud.ingest import partitions
+from cloud.ingest.pipeline import Key, Parsed, Plan, classify
 from cloud.ingest.registry import MeterRecord
 from cloud.ingest.rules import Limits
-from cloud.ingest.store import fetch_context, lock_meters, write_plan
+from cloud.ingest.store import NoPartition, fetch_context, lock_meters, write_plan
 from protocol.envelopes import Batch
 
 
@@ -29,6 +30,18 @@ async def decide_and_write(conn: asyncpg.Connection, batch: Batch, parsed: list[
     """One transaction: the plan as committed, and how many rejected payloads the evidence quota left
     out. Raises `store.StaleDecision` (rolled back) only if a writer that skipped the locks raced it."""
     keys = [p.signed.key for p in parsed if p.signed is not None]
+    try:
+        return await _once(conn, batch, parsed, verified, lookup, keys, limits=limits, now=now, admit=admit)
+    except NoPartition:
+        # Rolled back; partitions are created outside any ingest transaction (it takes locks a
+        # writer must not hold), then the batch is decided and written again from fresh context.
+        await partitions.ensure(conn)
+        return await _once(conn, batch, parsed, verified, lookup, keys, limits=limits, now=now, admit=admit)
+
+
+async def _once(conn: asyncpg.Connection, batch: Batch, parsed: list[Parsed], verified: Collection[int],
+                lookup: Callable[[str], MeterRecord | None], keys: list[Key], *, limits: Limits, now: int,
+                admit: Callable[[int], bool]) -> tuple[Plan, int]:
     async with conn.transaction():
         await lock_meters(conn, sorted({k[0] for k in keys}))
         context = await fetch_context(conn, keys)

@@ -19,7 +19,7 @@ from typing import TypeVar
 import asyncpg
 
 from cloud.errors import CloudError
-from cloud.ingest.store import StaleDecision
+from cloud.ingest.store import NoPartition, StaleDecision
 from runtime.backoff import Backoff, pause
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,8 @@ _BACKOFF_START, _BACKOFF_MAX = 0.25, 5.0
 def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, StaleDecision):
         return True  # rolled back; deciding again from fresh context resolves it
+    if isinstance(exc, NoPartition):
+        return True  # creating the partitions failed (e.g. a lock wait timed out): try again
     if isinstance(exc, asyncpg.PostgresError):
         return (exc.sqlstate or "")[:2] in TRANSIENT_SQLSTATE_CLASSES
     if isinstance(exc, ValueError):

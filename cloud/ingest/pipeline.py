@@ -4,7 +4,7 @@ Order of checks for each item (the first failing one decides):
 
 1. the edge's claim (`boundary.check_item`: meter_id pattern, seq in int64, payload size) and the
    parse (`protocol.wire.parse_payload`) → malformed / oversized; parsed key ≠ the claim → malformed.
-2. same bytes as a reading already stored (Postgres or earlier in this batch) → duplicate. Checked
+2. same bytes as a reading already stored (Postgres, by SHA-256, or earlier in this batch) → duplicate. Checked
    before the registry so that a batch re-sent after a crash is recognised even if the meter was
    quarantined since.
 3. registry: unknown meter → unknown_meter.
@@ -48,9 +48,10 @@ class Parsed:
 
 @dataclass(frozen=True, slots=True)
 class StoredContext:
-    """What Postgres holds around one key: the reading at that key and its register neighbours."""
+    """What Postgres holds around one key: the SHA-256 of the payload stored at that key (kept in
+    meter_reading_keys even after the reading's partition was archived) and its register neighbours."""
 
-    payload: bytes | None = None
+    payload_sha256: bytes | None = None
     prev: RegisterPoint | None = None
     next_: RegisterPoint | None = None
 
@@ -160,8 +161,13 @@ def classify(batch: Batch, parsed: list[Parsed], verified: Collection[int], cont
     for key, _, p, signed in valid:
         meter_id, seq = key
         ctx = context.get(key) or StoredContext()
-        earlier = ctx.payload if ctx.payload is not None else local_payload.get(key)
-        if earlier is not None and earlier == signed.payload:
+        if ctx.payload_sha256 is not None:
+            earlier: bytes | None = ctx.payload_sha256
+            same = earlier == hashlib.sha256(signed.payload).digest()
+        else:
+            earlier = local_payload.get(key)
+            same = earlier == signed.payload
+        if same:
             plan.duplicates.append(p.index)
             continue
         record = meter(meter_id)

@@ -23,19 +23,20 @@ from cloud.ingest.pipeline import AcceptedRow, Key, Plan, RejectedRow, StoredCon
 from cloud.ingest.rules import RegisterPoint
 from protocol.wire import MAX_PAYLOAD_BYTES
 
-# One index probe finds the stored reading at the key or, failing that, its predecessor; a second
-# finds the successor (only out-of-order arrivals have one).
+# One index probe of meter_reading_keys finds the stored key or, failing that, its predecessor; a
+# second finds the successor (only out-of-order arrivals have one). The keys table is global across
+# the readings' partitions (and outlives archived ones), so the readings are not read at all.
 _CONTEXT = """
-SELECT k.meter_id, k.seq, CASE WHEN p.seq = k.seq THEN p.payload END AS payload,
+SELECT k.meter_id, k.seq, CASE WHEN p.seq = k.seq THEN p.payload_sha256 END AS sha,
        p.seq AS p_seq, p.export_wh AS p_wh, p.export_register_wh AS p_reg,
        extract(epoch FROM p.interval_start)::bigint AS p_start, extract(epoch FROM p.interval_end)::bigint AS p_end,
        n.seq AS n_seq, n.export_wh AS n_wh, n.export_register_wh AS n_reg,
        extract(epoch FROM n.interval_start)::bigint AS n_start, extract(epoch FROM n.interval_end)::bigint AS n_end
 FROM unnest($1::text[], $2::bigint[]) AS k(meter_id, seq)
-LEFT JOIN LATERAL (SELECT seq, payload, export_wh, export_register_wh, interval_start, interval_end
-                   FROM meter_readings r
+LEFT JOIN LATERAL (SELECT seq, payload_sha256, export_wh, export_register_wh, interval_start, interval_end
+                   FROM meter_reading_keys r
                    WHERE r.meter_id = k.meter_id AND r.seq <= k.seq ORDER BY r.seq DESC LIMIT 1) p ON TRUE
-LEFT JOIN LATERAL (SELECT seq, export_wh, export_register_wh, interval_start, interval_end FROM meter_readings r
+LEFT JOIN LATERAL (SELECT seq, export_wh, export_register_wh, interval_start, interval_end FROM meter_reading_keys r
                    WHERE r.meter_id = k.meter_id AND r.seq > k.seq ORDER BY r.seq ASC LIMIT 1) n ON TRUE
 WHERE p.seq IS NOT NULL OR n.seq IS NOT NULL
 """
@@ -43,17 +44,27 @@ WHERE p.seq IS NOT NULL OR n.seq IS NOT NULL
 # Rows travel as one JSON document per table (json_to_recordset): asyncpg would otherwise run
 # Python-level checks on every element of every array parameter, ~40 µs per reading.
 _WRITE = """
-WITH acc AS (
-    INSERT INTO meter_readings (meter_id, seq, wallet_address, interval_start, interval_end, export_wh,
-                                export_register_wh, import_wh, import_register_wh, flags, format, payload,
-                                signature, gateway_id, batch_id)
-    SELECT t.meter_id, t.seq, t.wallet, to_timestamp(t.start_s), to_timestamp(t.end_s), t.export_wh,
-           t.export_reg, t.import_wh, t.import_reg, t.flags, t.format, decode(t.payload, 'base64'),
-           t.signature, $4, $5
+WITH src AS MATERIALIZED (
+    SELECT nextval('meter_readings_id_seq') AS id, t.meter_id, t.seq, t.wallet, to_timestamp(t.start_s) AS start_at,
+           to_timestamp(t.end_s) AS end_at, t.export_wh, t.export_reg, t.import_wh, t.import_reg, t.flags, t.format,
+           decode(t.payload, 'base64') AS payload, t.signature
     FROM json_to_recordset($1::json) AS t(meter_id text, seq bigint, wallet text, start_s bigint, end_s bigint,
          export_wh bigint, export_reg bigint, import_wh bigint, import_reg bigint, flags int, format text,
          payload text, signature text)
+), keys AS (
+    -- The idempotency key, global across the readings' partitions (migration 060).
+    INSERT INTO meter_reading_keys (meter_id, seq, reading_id, payload_sha256, export_wh, export_register_wh,
+                                    interval_start, interval_end)
+    SELECT s.meter_id, s.seq, s.id, sha256(s.payload), s.export_wh, s.export_reg, s.start_at, s.end_at FROM src s
     ON CONFLICT (meter_id, seq) DO NOTHING
+    RETURNING reading_id
+), acc AS (
+    INSERT INTO meter_readings (id, meter_id, seq, wallet_address, interval_start, interval_end, export_wh,
+                                export_register_wh, import_wh, import_register_wh, flags, format, payload,
+                                signature, gateway_id, batch_id)
+    SELECT s.id, s.meter_id, s.seq, s.wallet, s.start_at, s.end_at, s.export_wh, s.export_reg, s.import_wh,
+           s.import_reg, s.flags, s.format, s.payload, s.signature, $4, $5
+    FROM src s JOIN keys k ON k.reading_id = s.id
     RETURNING meter_id, seq
 ), rej AS (
     INSERT INTO rejected_readings (meter_id, seq, reason, detail, payload, payload_sha256, payload_bytes,
@@ -151,14 +162,14 @@ async def fetch_context(conn: asyncpg.Connection, keys: Sequence[Key]) -> dict[K
     rows = await conn.fetch(_CONTEXT, [k[0] for k in keys], [k[1] for k in keys])
     out: dict[Key, StoredContext] = {}
     for r in rows:
-        if r["payload"] is not None:  # the key itself is stored: duplicate or equivocation, no rules
-            out[(r["meter_id"], r["seq"])] = StoredContext(r["payload"])
+        if r["sha"] is not None:  # the key itself is stored: duplicate or equivocation, no rules
+            out[(r["meter_id"], r["seq"])] = StoredContext(r["sha"])
             continue
         prev = (RegisterPoint(r["p_seq"], r["p_wh"], r["p_reg"], r["p_start"], r["p_end"])
                 if r["p_seq"] is not None else None)
         nxt = (RegisterPoint(r["n_seq"], r["n_wh"], r["n_reg"], r["n_start"], r["n_end"])
                if r["n_seq"] is not None else None)
-        out[(r["meter_id"], r["seq"])] = StoredContext(r["payload"], prev, nxt)
+        out[(r["meter_id"], r["seq"])] = StoredContext(None, prev, nxt)
     return out
 
 
@@ -174,12 +185,22 @@ async def write_plan(conn: asyncpg.Connection, plan: Plan, *, admit: Callable[[i
     acc = plan.accepted
     batch = plan.batch
     rejected, dropped = _rejected_json(plan.rejected, admit)
-    rows = await conn.fetch(_WRITE, _accepted_json(acc), rejected, _quarantine_json(plan),
-                            batch.gateway_id, batch.batch_id)
+    try:
+        rows = await conn.fetch(_WRITE, _accepted_json(acc), rejected, _quarantine_json(plan),
+                                batch.gateway_id, batch.batch_id)
+    except asyncpg.CheckViolationError as exc:
+        if "no partition of relation" in str(exc):
+            raise NoPartition(str(exc)) from exc
+        raise
     if len(rows) != len(acc):
         lost = sorted({a.signed.key for a in acc} - {(r["meter_id"], r["seq"]) for r in rows})
         raise StaleDecision(lost)
     return dropped
+
+
+class NoPartition(CloudError):
+    """The readings' id sequence ran past the last partition (migration 060): the transaction rolls
+    back, the caller creates the partitions ahead (`partitions.ensure`) and writes again."""
 
 
 class StaleDecision(CloudError):

@@ -91,8 +91,9 @@ async def _target_ids(pool: asyncpg.Pool, reading_ids: Sequence[int] | None, met
     if reading_ids:
         rows = await pool.fetch("SELECT id FROM meter_readings WHERE id = ANY($1)", list(reading_ids))
     else:
-        rows = await pool.fetch("SELECT id FROM meter_readings WHERE meter_id = $1 AND (NOT minted OR"
-                                " minted_at >= now() - interval '1 hour')", meter_id)
+        rows = await pool.fetch("SELECT r.id FROM meter_reading_keys k JOIN meter_readings r ON r.id = k.reading_id"
+                                " WHERE k.meter_id = $1 AND (NOT r.minted OR r.minted_at >= now() - interval '1 hour')",
+                                meter_id)
     return [r["id"] for r in rows]
 
 
@@ -156,8 +157,8 @@ async def _explain(conn: asyncpg.Connection, settings: CloudSettings, reading: s
         meter_id, _, seq_text = reading.rpartition(":")
         if not seq_text.isdigit():
             return Explanation("unknown", f"{reading!r} is neither an id nor METER_ID:SEQ", {})
-        row = await conn.fetchrow("SELECT * FROM meter_readings WHERE meter_id = $1 AND seq = $2",
-                                  meter_id, int(seq_text))
+        row = await conn.fetchrow("SELECT r.* FROM meter_reading_keys k JOIN meter_readings r ON r.id = k.reading_id"
+                                  " WHERE k.meter_id = $1 AND k.seq = $2", meter_id, int(seq_text))
         if row is None:
             rej = await conn.fetchrow("SELECT reason, detail, received_at FROM rejected_readings"
                                       " WHERE meter_id = $1 AND seq = $2 ORDER BY id DESC LIMIT 1",

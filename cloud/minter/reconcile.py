@@ -202,15 +202,22 @@ async def _check_confirmed(pool: asyncpg.Pool, backend: ChainBackend, report: Re
                 report.confirmed_not_on_chain.append((r["id"], r["signature"]))
 
 
+# Stored readings plus what archived partitions left behind (meter_readings_archived, migration 060).
 _BY_SETTINGS = """
-SELECT m.meter_id, m.wallet_address AS wallet, s.id AS sid, sum(r.export_wh)::bigint AS wh,
-       coalesce(sum(r.export_wh) FILTER (WHERE r.minted), 0)::bigint AS minted_wh,
-       coalesce(sum(r.mint_base_units) FILTER (WHERE r.minted), 0)::numeric AS minted_units
+SELECT m.meter_id, m.wallet_address AS wallet, t.sid, sum(t.wh)::bigint AS wh,
+       coalesce(sum(t.minted_wh), 0)::bigint AS minted_wh, coalesce(sum(t.minted_units), 0)::numeric AS minted_units
 FROM meters m
-LEFT JOIN meter_readings r ON r.meter_id = m.meter_id AND r.wallet_address = m.wallet_address
-LEFT JOIN LATERAL (SELECT id FROM mint_settings s WHERE s.from_reading_id <= r.id
-                   ORDER BY s.from_reading_id DESC LIMIT 1) s ON TRUE
-GROUP BY m.meter_id, m.wallet_address, s.id
+LEFT JOIN (
+    SELECT r.meter_id, r.wallet_address, s.id AS sid, r.export_wh AS wh,
+           CASE WHEN r.minted THEN r.export_wh END AS minted_wh,
+           CASE WHEN r.minted THEN r.mint_base_units END AS minted_units
+    FROM meter_readings r
+    LEFT JOIN LATERAL (SELECT id FROM mint_settings s WHERE s.from_reading_id <= r.id
+                       ORDER BY s.from_reading_id DESC LIMIT 1) s ON TRUE
+    UNION ALL
+    SELECT meter_id, wallet_address, nullif(settings_id, 0), wh, minted_wh, minted_units FROM meter_readings_archived
+) t ON t.meter_id = m.meter_id AND t.wallet_address = m.wallet_address
+GROUP BY m.meter_id, m.wallet_address, t.sid
 """
 
 

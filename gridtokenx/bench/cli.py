@@ -15,4 +15,4 @@ def bench() -> None:
 
 attach(bench, ("gridtokenx.bench.e2e", "gridtokenx.bench.verify", "gridtokenx.bench.sim", "gridtokenx.bench.edge",
                "gridtokenx.bench.ingest", "gridtokenx.bench.mint", "gridtokenx.bench.confirm",
-               "gridtokenx.bench.api"))
+               "gridtokenx.bench.api", "gridtokenx.bench.preload"))

@@ -16,7 +16,7 @@ import asyncio
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +127,7 @@ def sustained(samples: list[Sample], hop: str, until: float) -> float:
 
 def run_bench(*, meters: int, duration: float, rate: float, consumers: int, workdir: Path, interval: int,
               drain_timeout: float, console: Console, mint_batch_size: int = 10_000,
-              mint_max_batches: int | None = None, sim_mode: str = "live") -> dict[str, Any]:
+              mint_max_batches: int | None = None, sim_mode: str = "live", preload: int = 0) -> dict[str, Any]:
     cloud_env = {"TOKENIZATION_BATCH_SIZE": str(mint_batch_size), "TOKENIZATION_POLLING_INTERVAL_SECS": "1",
                  "LOG_LEVEL": "WARNING"}
     if mint_max_batches is not None:
@@ -135,6 +135,7 @@ def run_bench(*, meters: int, duration: float, rate: float, consumers: int, work
     options = StackOptions(meters=meters + PROBE_METERS, workdir=workdir, cloud_env=cloud_env)
     with Stack(options) as stack:
         stack.setup()
+        stored = _preload(stack.database_url, preload, console) if preload else None
         run = Run(stack)
         stack.start_cloud("minter", role="mint")
         for i in range(consumers):
@@ -154,6 +155,8 @@ def run_bench(*, meters: int, duration: float, rate: float, consumers: int, work
         result = {"sim_mode": sim_mode} | result | {
             "meters": meters, "duration_s": duration, "offered_rate": rate or "flat out", "consumers": consumers,
             "minter_env": {k: v for k, v in cloud_env.items() if k != "LOG_LEVEL"}}
+        if stored is not None:
+            result["preload"] = stored
         return result
 
 
@@ -164,6 +167,16 @@ async def _signed(sim: Proc, console: Console) -> None:
         if sim.metrics():
             return
         await asyncio.sleep(0.1)  # a poll interval: the simulator either answers or exits
+
+
+def _preload(database_url: str, readings: int, console: Console) -> dict[str, Any]:
+    """Minted readings stored before the run (`bench preload`), for growth measurements."""
+    from gridtokenx.bench.preload import preload
+
+    def progress(done: int, elapsed: float) -> None:
+        console.print(f"preload: {done:,}/{readings:,} readings ({done / elapsed:,.0f}/s)")
+
+    return asdict(asyncio.run(preload(database_url, readings=readings, meters=1000, progress=progress)))
 
 
 async def _drive(run: Run, probe: Probe, sim_flags: list[str], drain_timeout: float,
@@ -274,10 +287,13 @@ def machine() -> dict[str, Any]:
                    "and its SQLite outbox). replay: every payload is signed before the timed run (as meters "
                    "sign on their own processors); the run only publishes them, and the signing cost is "
                    "reported apart (presign). The report's sim_mode says which was measured.")
+@click.option("--preload", type=int, default=0, show_default=True,
+              help="Store this many minted readings (`bench preload`) before the run, e.g. 10000000.")
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path(".gridtokenx/bench-e2e"), show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def e2e(meters: int, duration: float, rate: float, consumers: int, interval: int, drain_timeout: float,
-        mint_batch_size: int, mint_max_batches: int | None, sim_mode: str, workdir: Path, as_json: bool) -> None:
+        mint_batch_size: int, mint_max_batches: int | None, sim_mode: str, preload: int, workdir: Path,
+        as_json: bool) -> None:
     """Run the whole pipeline as separate processes and report sustained readings/s per hop, latency
     percentiles (publish → Postgres commit, commit → confirmed mint), and CPU/RSS per process."""
     console = Console(stderr=True, quiet=as_json)
@@ -285,7 +301,7 @@ def e2e(meters: int, duration: float, rate: float, consumers: int, interval: int
         result = run_bench(meters=meters, duration=duration, rate=rate, consumers=consumers,
                            workdir=workdir / time.strftime("%Y%m%d-%H%M%S"), interval=interval,
                            drain_timeout=drain_timeout, console=console, mint_batch_size=mint_batch_size,
-                           mint_max_batches=mint_max_batches, sim_mode=sim_mode)
+                           mint_max_batches=mint_max_batches, sim_mode=sim_mode, preload=preload)
     except StackError as exc:
         click.echo(f"bench e2e failed: {exc}", err=True)
         sys.exit(1)

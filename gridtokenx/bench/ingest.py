@@ -99,7 +99,7 @@ async def _count_and_reset(dsn: str, *, reset: bool) -> int:
     try:
         n = int(await conn.fetchval("SELECT count(*) FROM meter_readings"))
         if reset:
-            await conn.execute("TRUNCATE meter_readings, rejected_readings CASCADE")
+            await conn.execute("TRUNCATE meter_readings, meter_reading_keys, rejected_readings CASCADE")
         return n
     finally:
         await conn.close()

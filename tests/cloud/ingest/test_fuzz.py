@@ -74,7 +74,8 @@ def items(draw: st.DrawFn) -> BatchItem:
 @given(st.lists(items(), min_size=1, max_size=12), st.booleans())
 def test_every_item_ends_accepted_duplicate_or_with_a_reason(batch_items: list[BatchItem], stored: bool) -> None:
     batch = Batch(gateway_id="gw", batch_id="fuzz", sent_at=NOW, items=batch_items)
-    context = {("m1", 3): StoredContext(b"other bytes", RegisterPoint(2, 10, 1_000), None)} if stored else {}
+    other = hashlib.sha256(b"other bytes").digest()
+    context = {("m1", 3): StoredContext(other, RegisterPoint(2, 10, 1_000), None)} if stored else {}
     parsed = parse_items(batch)
     verified = verify_signatures(parsed, REGISTRY)
     plan = classify(batch, parsed, verified, context, REGISTRY, limits=LIMITS, now=NOW)

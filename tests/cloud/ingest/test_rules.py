@@ -118,7 +118,7 @@ def test_classify_uses_stored_context() -> None:
     other = sign_reading(reading(2, 101, 1_101), secret)
     batch = Batch(gateway_id="gw", batch_id="b", sent_at=NOW,
                   items=[BatchItem("m1", 2, payload), BatchItem("m1", 3, sign_reading(reading(3, 50, 1_200), secret))])
-    stored = {("m1", 2): StoredContext(other, RegisterPoint(1, 100, 1_000), None)}
+    stored = {("m1", 2): StoredContext(hashlib.sha256(other).digest(), RegisterPoint(1, 100, 1_000), None)}
     parsed = parse_items(batch)
     verified = verify_signatures(parsed, {"m1": record}.get)
     plan = classify(batch, parsed, verified, stored, {"m1": record}.get, limits=LIMITS, now=NOW)

@@ -56,7 +56,7 @@ def meter_key(meter_id: str) -> Keypair:
 
 async def add_readings(conn: asyncpg.Connection, fleet: dict[str, str], per_meter: int, rng: random.Random,
                        max_wh: int, start_seq: int = 1) -> Fleet:
-    """Readings as ingest would store them: real signed payloads (reconcile re-reads the evidence)."""
+    """Readings as ingest would store them: real signed payloads (reconcile re-reads the evidence), and keys."""
     rows = []
     wh: dict[str, int] = {}
     t0 = datetime(2026, 11, 27, tzinfo=UTC)
@@ -75,6 +75,11 @@ async def add_readings(conn: asyncpg.Connection, fleet: dict[str, str], per_mete
         " FROM unnest($1::text[], $2::bigint[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::bigint[],"
         " $7::bytea[], $8::text[]) AS u(m, s, w, a, b, e, p, g) RETURNING id",
         *[list(col) for col in zip(*rows, strict=True)])
+    # Ingest writes each reading's idempotency key with it (migration 060); lookups by meter go through it.
+    await conn.execute(
+        "INSERT INTO meter_reading_keys (meter_id, seq, reading_id, payload_sha256, export_wh, export_register_wh,"
+        " interval_start, interval_end) SELECT meter_id, seq, id, sha256(payload), export_wh, export_register_wh,"
+        " interval_start, interval_end FROM meter_readings WHERE id = ANY($1)", [r["id"] for r in ids])
     return Fleet(fleet, wh, [r["id"] for r in ids])
 
 

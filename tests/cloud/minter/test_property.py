@@ -73,7 +73,7 @@ class World:
         for meter_id, seq in keys:
             mine = sorted(s for (m, s) in self.accepted if m == meter_id)
             if seq in mine:
-                out[(meter_id, seq)] = StoredContext(self.accepted[(meter_id, seq)].payload)
+                out[(meter_id, seq)] = StoredContext(hashlib.sha256(self.accepted[(meter_id, seq)].payload).digest())
                 continue
             below, above = [s for s in mine if s < seq], [s for s in mine if s > seq]
             out[(meter_id, seq)] = StoredContext(None, self._point(meter_id, max(below)) if below else None,
