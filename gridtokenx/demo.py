@@ -24,6 +24,7 @@ from rich.table import Table
 
 from gridtokenx.stack import Stack, StackError, StackOptions
 from protocol.units import base_units_to_tokens_text, entitled_base_units, parse_ratio
+from simulator.models import DAY, SITE_UTC_OFFSET_HOURS
 
 #: Small fault rates so the demo shows rejections with reason codes, not just the happy path.
 DEMO_FAULTS = ("--fault-bad-signature", "0.005", "--fault-over-max", "0.003", "--fault-replay", "0.005",
@@ -141,6 +142,17 @@ def _table(summary: dict[str, Any], onchain_by_type: dict[str, int], decimals: i
     return table
 
 
+def daytime_backfill(now: float, window: float, *, utc_offset_hours: float = SITE_UTC_OFFSET_HOURS) -> float:
+    """Seconds before `now` at which the simulated clock starts so that the simulated `window` begins at
+    the site's most recent 08:00 from which it still ends by `now`: the demo shows a day's sunshine
+    (and mints tokens) whatever the hour it is run at, instead of a night with nothing to export."""
+    offset = utc_offset_hours * 3600
+    start = (now + offset) // DAY * DAY - offset + 8 * 3600
+    while start + window > now:
+        start -= DAY
+    return now - start
+
+
 @click.command(help=__doc__)
 @click.option("--meters", default=50, show_default=True, help="Simulated meters (mixed solar/consumer/hybrid/battery).")
 @click.option("--duration", default=60.0, show_default=True, help="Real seconds the simulator publishes.")
@@ -172,8 +184,9 @@ def demo(meters: int, duration: float, speed: float, interval: int, faults: bool
             stack.setup()
             stack.start_cloud()
             stack.start_edge()
+            backfill = daytime_backfill(time.time(), duration * speed)
             sim_flags = ["--meters", str(meters), "--duration", str(duration), "--speed", str(speed),
-                         "--interval", str(interval), *(DEMO_FAULTS if faults else ())]
+                         "--interval", str(interval), "--backfill", f"{backfill:.0f}", *(DEMO_FAULTS if faults else ())]
             sim = stack.start_sim(*sim_flags)
             first = prev = scrape(stack)
             snapshots: list[dict[str, Any]] = []

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 DAY = 86_400
+#: GridTokenX's home, Thailand: the default site's local time is UTC+7.
+SITE_UTC_OFFSET_HOURS = 7.0
 _MASK64 = (1 << 64) - 1
 
 
@@ -135,7 +137,7 @@ class MeterModel:
     meter_type: MeterType
     capacity_w: int
     fleet_seed: int = 0
-    utc_offset_hours: float = 7.0
+    utc_offset_hours: float = SITE_UTC_OFFSET_HOURS
     """Local time of the site (GridTokenX's home, Thailand, is UTC+7): shapes the daily curves."""
     max_reading_wh: int = 100_000
     """TOKENIZATION_MAX_READING_KWH in Wh: a reading never exceeds it, however long the interval."""
