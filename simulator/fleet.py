@@ -124,7 +124,7 @@ class Fleet:
         window = b.window or (256 if self.settings.multiplexed else 8)
         return Link(client_id=client_id, broker=b.broker_url, username=user, password=password, window=window,
                     max_buffer=self.settings.run.max_buffer, stats=self.stats, on_done=self._on_done,
-                    ca_file=str(b.ca_file) if b.ca_file else None)
+                    ca_file=str(b.ca_file) if b.ca_file else None, fast=self.settings.run.mode == "replay")
 
     def _on_done(self, item: Outgoing, _acked: bool) -> None:
         self._done.append(item.id)
