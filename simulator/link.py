@@ -64,6 +64,7 @@ class Link:
         self.connected = False
         self.client: mqtt.Client | None = None
         self._changed = asyncio.Event()
+        self._stop: asyncio.Event | None = None
         self._connack: asyncio.Future[ReasonCode] | None = None
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
@@ -89,6 +90,7 @@ class Link:
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, publish, reconnect with backoff; return once `stop` is set and nothing is left."""
         backoff = Backoff(0.5, 15.0)
+        self._stop = stop
         try:
             while not (stop.is_set() and not self.backlog):
                 if not await self._connect():
@@ -218,8 +220,7 @@ class Link:
             stats.acked_item(item, now - sent_at)
             done(item, True)
         self._pump()
-        if not self.backlog:
-            self._changed.set()
+        self._drained()
 
     # --- paho callbacks (loop thread, except socket_open/register_write during connect) ---------
 
@@ -243,7 +244,11 @@ class Link:
         self.stats.acked_item(item, time.perf_counter() - sent_at)
         self._on_done(item, True)
         self._pump()
-        if not self.backlog:
+        self._drained()
+
+    def _drained(self) -> None:
+        # Only a stopping run waits for an empty backlog: no task wake-up per PUBACK before that.
+        if not self.backlog and self._stop is not None and self._stop.is_set():
             self._changed.set()
 
     def _in_loop(self, fn: Callable[[int], object], sock: Any) -> None:

@@ -70,13 +70,21 @@ class PublishClient(mqtt.Client):
 
     def send(self, data: bytes) -> None:
         """Write whole PUBLISH packets now; what the socket does not take now, paho writes when it can."""
+        if not self._out_packet:  # nothing of paho's is half written: straight to the socket
+            try:
+                sent = self._sock_send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self._loop_rc_handle(MQTTErrorCode.MQTT_ERR_CONN_LOST)  # paho closes, calls on_disconnect
+                return
+            self._last_msg_out = time.monotonic()
+            if sent == len(data):
+                return
+            data = data[sent:]
         self._out_packet.append({"command": PUBLISH_QOS1, "mid": 0, "qos": 1, "pos": 0,
                                  "to_process": len(data), "packet": data, "info": None})
-        rc = self._packet_write()
-        if rc > 0 and rc != MQTTErrorCode.MQTT_ERR_AGAIN:
-            self._loop_rc_handle(rc)  # lost: paho closes and calls on_disconnect (the link requeues)
-        elif self._out_packet:
-            self._call_socket_register_write()
+        self._call_socket_register_write()  # paho's loop_write sends the rest, after what it queued before
 
     # --- reading ----------------------------------------------------------------------------------
 
@@ -92,6 +100,7 @@ class PublishClient(mqtt.Client):
         """Consume PUBACKs from the buffer and the socket; True once the socket is drained, False when
         paho's reader must handle the next bytes (another packet, end of stream or an error)."""
         mids: list[int] = []
+        short_read = False
         try:
             while True:
                 buf, pos = self._rbuf, self._rpos
@@ -103,15 +112,21 @@ class PublishClient(mqtt.Client):
                 rest = end - pos
                 if rest and (rest >= 4 or not _PUBACK_HEAD.startswith(buf[pos:pos + 2])):
                     return False  # another kind of packet
+                if short_read:
+                    # The kernel had no more: the selector wakes us for the next bytes (a partial
+                    # PUBACK stays buffered until then). TLS may hold decrypted bytes back, so
+                    # there we read until the socket says it is empty.
+                    return True
                 try:
                     data = super()._sock_recv(RECV_BYTES)
                 except BlockingIOError:
-                    return True  # drained (a partial PUBACK stays buffered for the next wake-up)
+                    return True
                 except OSError:
                     return False  # paho's reader meets the error and handles the lost connection
                 if not data:
                     return False  # end of stream: likewise
                 self._rbuf, self._rpos = buf[pos:] + data, 0
+                short_read = len(data) < RECV_BYTES and not self._ssl
         finally:
             if mids:
                 self._last_bytes_received = time.monotonic()
