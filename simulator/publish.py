@@ -133,7 +133,10 @@ class PublishClient(mqtt.Client):
                 self.on_pubacks(mids)
 
     def _handle_pubackcomp(self, cmd: str) -> MQTTErrorCode:
-        # A PUBACK paho's reader took (e.g. read right after a PINGRESP): ours, not paho's.
+        # A PUBACK that reached paho's reader after all (say, its length encoded in two bytes): its
+        # packet id is ours, not paho's, which would drop it as unknown.
+        if self._in_packet["remaining_length"] != 2:
+            return MQTTErrorCode.MQTT_ERR_PROTOCOL  # as paho: a malformed PUBACK ends the connection
         packet = self._in_packet["packet"]
         self.on_pubacks([(packet[0] << 8) | packet[1]])
         return MQTTErrorCode.MQTT_ERR_SUCCESS

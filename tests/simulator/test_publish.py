@@ -78,11 +78,12 @@ def test_pubacks_split_across_reads_and_between_other_packets_all_reach_the_link
         pieces = [b"\x40\x02\x00\x01\x40\x02\x01\x00\x40",  # two whole PUBACKs, one cut after its first byte
                   b"\x02\xff",  # ... and after its third
                   b"\xff\xd0\x00\x40\x02\x00\x03",  # its last byte, a PINGRESP, one more
-                  b"\xd0", b"\x00\x40\x02\x00\x04"]  # a PINGRESP cut in two, then a PUBACK paho's reader takes
+                  b"\xd0", b"\x00\x40\x02\x00\x04",  # a PINGRESP cut in two, one more
+                  b"\x40\x82\x00\x00\x05"]  # a PUBACK with a two-byte length: paho's reader takes it
         for piece in pieces:
             broker.sendall(piece)
             assert client.loop_read() == mqtt.MQTT_ERR_SUCCESS
-        assert [mid for batch in got for mid in batch] == [1, 256, 65_535, 3, 4]
+        assert [mid for batch in got for mid in batch] == [1, 256, 65_535, 3, 4, 5]
         assert client._ping_t == 0  # paho handled the PINGRESPs
         broker.close()
         client.loop_read()  # end of stream: paho's reader reports the lost connection
