@@ -9,6 +9,10 @@ Messages leave a link only on PUBACK. On a disconnect the in-flight ones go back
 the queue and are re-sent, in order, on the next connection (a duplicate at worst, same bytes).
 While a link is down its queue is bounded: the oldest messages are dropped first, as meter
 firmware does with a full ring buffer.
+
+A `fast` link (replay mode) publishes through `simulator.publish` instead of paho's publish(): the
+same packets on the same connection, but the link numbers them itself, writes all it may send in
+one call and takes PUBACKs in bulk.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from runtime.backoff import Backoff
 from runtime.config import BrokerURL
 from simulator.meter import Outgoing
+from simulator.publish import PublishClient, publish_head
 from simulator.report import Stats
 
 log = logging.getLogger(__name__)
@@ -41,7 +46,7 @@ KEEPALIVE = 30
 class Link:
     def __init__(self, *, client_id: str, broker: BrokerURL, username: str, password: str, window: int,
                  max_buffer: int, stats: Stats, on_done: Callable[[Outgoing, bool], None],
-                 ca_file: str | None = None) -> None:
+                 ca_file: str | None = None, fast: bool = False) -> None:
         self.client_id = client_id
         self.broker = broker
         self.username, self.password = username, password
@@ -51,11 +56,15 @@ class Link:
         self._on_done = on_done
         """Called with (item, acked): acked True on PUBACK, False when dropped from a full buffer."""
         self._ca_file = ca_file
+        self.fast = fast
+        self._mid = 0
+        """Fast links: the last packet id used on this connection."""
         self.pending: deque[Outgoing] = deque()
         self.inflight: dict[int, tuple[Outgoing, float]] = {}
         self.connected = False
         self.client: mqtt.Client | None = None
         self._changed = asyncio.Event()
+        self._stop: asyncio.Event | None = None
         self._connack: asyncio.Future[ReasonCode] | None = None
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
@@ -81,6 +90,7 @@ class Link:
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, publish, reconnect with backoff; return once `stop` is set and nothing is left."""
         backoff = Backoff(0.5, 15.0)
+        self._stop = stop
         try:
             while not (stop.is_set() and not self.backlog):
                 if not await self._connect():
@@ -98,8 +108,14 @@ class Link:
 
     async def _connect(self) -> bool:
         self._close()  # a client the broker dropped still holds paho's socket pair
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=True,
-                             protocol=mqtt.MQTTv311)
+        if self.fast:
+            client: mqtt.Client = PublishClient(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                                                clean_session=True, protocol=mqtt.MQTTv311,
+                                                on_pubacks=self._on_pubacks)
+            self._mid = 0
+        else:
+            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=True,
+                                 protocol=mqtt.MQTTv311)
         client.username_pw_set(self.username, self.password)
         # 0 = unlimited: the link keeps its own window, and paho then skips a scan of every
         # outgoing message on each PUBACK (its queued-message bookkeeping).
@@ -157,6 +173,9 @@ class Link:
         client = self.client
         if not self.connected or client is None:
             return
+        if isinstance(client, PublishClient):
+            self._pump_fast(client)
+            return
         now = time.perf_counter()
         while self.pending and len(self.inflight) < self.window:
             item = self.pending.popleft()
@@ -167,6 +186,41 @@ class Link:
                 return
             self.inflight[info.mid] = (item, now)
             self.stats.sent()
+
+    def _pump_fast(self, client: PublishClient) -> None:
+        pending, inflight = self.pending, self.inflight
+        room = self.window - len(inflight)
+        if not pending or room <= 0:
+            return
+        now = time.perf_counter()
+        parts: list[bytes] = []
+        mid = self._mid
+        sent = 0
+        while pending and sent < room:
+            item = pending.popleft()
+            mid = mid % 65535 + 1
+            while mid in inflight:  # only after a wrap-around with an old message still unacked
+                mid = mid % 65535 + 1
+            inflight[mid] = (item, now)
+            parts += (item.head or publish_head(item.topic, len(item.payload)), mid.to_bytes(2, "big"),
+                      item.payload)
+            sent += 1
+        self._mid = mid
+        self.stats.sent(sent)
+        client.send(b"".join(parts))
+
+    def _on_pubacks(self, mids: list[int]) -> None:
+        now = time.perf_counter()
+        inflight, stats, done = self.inflight, self.stats, self._on_done
+        for mid in mids:
+            entry = inflight.pop(mid, None)
+            if entry is None:
+                continue
+            item, sent_at = entry
+            stats.acked_item(item, now - sent_at)
+            done(item, True)
+        self._pump()
+        self._drained()
 
     # --- paho callbacks (loop thread, except socket_open/register_write during connect) ---------
 
@@ -190,7 +244,11 @@ class Link:
         self.stats.acked_item(item, time.perf_counter() - sent_at)
         self._on_done(item, True)
         self._pump()
-        if not self.backlog:
+        self._drained()
+
+    def _drained(self) -> None:
+        # Only a stopping run waits for an empty backlog: no task wake-up per PUBACK before that.
+        if not self.backlog and self._stop is not None and self._stop.is_set():
             self._changed.set()
 
     def _in_loop(self, fn: Callable[[int], object], sock: Any) -> None:

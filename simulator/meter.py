@@ -57,6 +57,8 @@ class Outgoing:
     register_wh: int | None = None
     id: int = 0
     """Row id in the state store's outbox, assigned when it is persisted."""
+    head: bytes = b""
+    """Replay mode: the MQTT PUBLISH header and topic, encoded before the run (simulator.publish)."""
 
 
 def frame(message: bytes, signature: bytes) -> bytes:

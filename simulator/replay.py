@@ -23,6 +23,7 @@ from collections.abc import Iterable
 
 from simulator.faults import Fault
 from simulator.meter import Meter, Outgoing
+from simulator.publish import publish_head
 from simulator.report import PresignReport
 from simulator.state import StateStore
 
@@ -57,6 +58,8 @@ def presign(meters: Iterable[Meter], store: StateStore, *, until: int, wall: int
         while meter.next_end <= until:
             end = meter.next_end
             out = meter.next_interval(wall)
+            for item in out:  # the run then only adds a packet id (simulator.publish)
+                item.head = publish_head(item.topic, len(item.payload))
             presigned.add(meter.meter_id, end, out)
             items.extend(out)
     store.commit(((m.meter_id, m.state) for m in meters), items)

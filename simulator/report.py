@@ -123,11 +123,11 @@ class Stats:
                 self.faults.setdefault(item.fault, []).append((item.meter_id, item.seq))
                 INJECTED.labels(item.fault.value).inc()
 
-    def sent(self) -> None:
+    def sent(self, count: int = 1) -> None:
         if self.first_sent is None:
             self.first_sent = time.monotonic()
-        self.published += 1
-        PUBLISHED.inc()
+        self.published += count
+        PUBLISHED.inc(count)
 
     def acked_item(self, item: Outgoing, latency_s: float) -> None:
         self.acked += 1

@@ -101,7 +101,8 @@ async def test_legacy_format_signs_the_gateway_string(fleet_factory: Callable[..
 
 
 
-async def test_meters_publish_over_tls(tmp_path: Path, broker_factory: BrokerFactory) -> None:
+@pytest.mark.parametrize("mode", ["live", "replay"])  # replay: simulator.publish's path over TLS
+async def test_meters_publish_over_tls(tmp_path: Path, broker_factory: BrokerFactory, mode: str) -> None:
     keygen(tmp_path / "keys", 2, seed=9)
     keys = load_keys(tmp_path / "keys")
     certs = generate_dev_certs(tmp_path / "certs")
@@ -110,7 +111,7 @@ async def test_meters_publish_over_tls(tmp_path: Path, broker_factory: BrokerFac
                             certs_dir=certs)
     settings = SimSettings(
         broker=BrokerSettings(url=f"mqtts://localhost:{tls_port}", ca_file=certs / "ca.crt"),
-        signing=SigningSettings(keys_dir=tmp_path / "keys"), run=RunSettings(speed=DAY / 2, duration=1.0))
+        signing=SigningSettings(keys_dir=tmp_path / "keys"), run=RunSettings(speed=DAY / 2, duration=1.0, mode=mode))
 
     async with subscriber(broker) as received:
         report = await run_fleet(settings)
