@@ -41,13 +41,9 @@ Verdict = Accepted | Quarantined
 def screen(topic: str, payload: bytes, keys: Mapping[str, bytes] | None = None) -> Verdict:
     """Accepted readings go to the buffer; everything else to quarantine with its reason."""
     try:
-        topic_meter: str | None = meter_of(topic)
-    except ProtocolError:
-        topic_meter = None
-    try:
         signed = parse_payload(payload)
     except ProtocolError as exc:
-        return Quarantined(topic, payload, exc.reason, exc.detail, topic_meter, _claimed_seq(payload))
+        return Quarantined(topic, payload, exc.reason, exc.detail, _topic_meter(topic), _claimed_seq(payload))
     meter_id, seq = signed.reading.meter_id, signed.reading.seq
     try:
         check_topic(signed, topic)
@@ -62,6 +58,13 @@ def screen(topic: str, payload: bytes, keys: Mapping[str, bytes] | None = None) 
                                f"signature does not verify with the key of meter {meter_id!r} in the key file",
                                meter_id, seq)
     return Accepted(meter_id, seq, signed.reading.end, signed.payload)
+
+
+def _topic_meter(topic: str) -> str | None:
+    try:
+        return meter_of(topic)
+    except ProtocolError:
+        return None
 
 
 def _claimed_seq(payload: bytes) -> int | None:
