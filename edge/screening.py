@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+
+import msgspec
 
 from protocol.check import check_topic
 from protocol.errors import ProtocolError
@@ -17,16 +18,14 @@ from protocol.topics import meter_of
 from protocol.wire import V1_PREFIX, parse_payload, verify_signed
 
 
-@dataclass(frozen=True, slots=True)
-class Accepted:
+class Accepted(msgspec.Struct, frozen=True, gc=False):  # Structs: one of these per reading, built cheaply
     meter_id: str
     seq: int
     reading_end: int
     payload: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class Quarantined:
+class Quarantined(msgspec.Struct, frozen=True, gc=False):
     topic: str
     payload: bytes
     reason: Reason

@@ -21,6 +21,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import msgspec
+
 from edge.buffer import Buffer, Drop, IngestOutcome, LimitedCount
 from edge.guard import Guard
 from edge.integrity import damaged_sentence, is_damage, is_full
@@ -32,8 +34,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-@dataclass(slots=True)  # not frozen: a frozen dataclass costs 3x to build, and one is built per reading
-class Incoming:
+class Incoming(msgspec.Struct, gc=False):  # one per reading: a Struct builds ~7x faster than a frozen dataclass
     topic: str
     payload: bytes
     mid: int
@@ -41,8 +42,7 @@ class Incoming:
     generation: int
 
 
-@dataclass(slots=True)
-class Limited:
+class Limited(msgspec.Struct, gc=False):
     """A message of a cut-off meter (edge.guard): acked after its count is committed, never stored."""
     meter_id: str
     size: int
