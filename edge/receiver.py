@@ -1,8 +1,8 @@
 """The meter side: paho-mqtt on its own network thread, persistent session, manual acks.
 
 aiomqtt cannot ack manually, so paho runs here in its own thread (loop_start). Each message is
-handed to the writer as-is; the writer acks it with `ack()` only after the SQLite commit. The
-session is persistent (clean_session=False, a fixed client id), so whatever was not acked when we
+handed to the writer as-is; the writer acks it (`ack_all`, a commit group at once) only after the
+SQLite commit. The session is persistent (clean_session=False, a fixed client id), so whatever was not acked when we
 crash or disconnect is re-delivered by the broker with the DUP flag.
 """
 
@@ -232,19 +232,15 @@ class Receiver:
         self._client.connect_async(self._url.host, self._url.port, keepalive=30)
         self._client.loop_start()
 
-    def ack(self, mid: int, qos: int, generation: int) -> None:
-        """PUBACK a committed message, but only on the connection that delivered it.
+    def ack_all(self, messages: Iterable[tuple[int, int, int]]) -> None:
+        """PUBACK committed messages, each (mid, qos, generation) only on the connection that delivered
+        it; the QoS 1 ones go in one packet (a group commit's worth).
 
         A packet id is only meaningful within its session's flight: after a reconnect the broker
         re-delivers every unacked message (DUP), and may reuse a freed id for a new message. An
         ack for an old delivery could then release a message we have not committed yet; instead
         the re-delivered copy is stored as a duplicate and acked on the new connection.
         """
-        if generation == self.generation:
-            self._client.ack(mid, qos)
-
-    def ack_all(self, messages: Iterable[tuple[int, int, int]]) -> None:
-        """`ack` for each (mid, qos, generation), the QoS 1 ones in one packet (a group commit's worth)."""
         current = self.generation
         puback: list[int] = []
         for mid, qos, generation in messages:

@@ -13,7 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from edge.receiver import _BulkReadClient
+from edge.receiver import Receiver, _BulkReadClient
+from runtime.config import BrokerURL
 
 Seen = tuple[bytes, bytes, int, int]
 
@@ -81,3 +82,12 @@ def test_a_reading_takes_the_fast_path() -> None:
         assert client._packet_read() == MQTTErrorCode.MQTT_ERR_SUCCESS
     assert seen == [(topic, payload, 4242, 1)] * 3
     assert client._in_packet["command"] == 0
+
+
+def test_a_commit_group_is_acked_in_one_packet_on_the_delivering_connection_only() -> None:
+    receiver = Receiver(BrokerURL.parse("mqtt://127.0.0.1:1"), client_id="t", sink=lambda *_args: None)
+    receiver.generation = 2
+    # (mid, qos, connection generation): mid 6 came on an earlier connection, mid 8 at QoS 0.
+    receiver.ack_all([(5, 1, 2), (6, 1, 1), (7, 1, 2), (8, 0, 2)])
+    queued = [bytes(p["packet"]) for p in receiver._client._out_packet]
+    assert queued == [struct.pack("!BBH", 0x40, 2, 5) + struct.pack("!BBH", 0x40, 2, 7)]
