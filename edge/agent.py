@@ -51,7 +51,7 @@ async def run_agent(settings: EdgeSettings, stopping: asyncio.Event) -> int:
     receiver = Receiver(settings.edge_url, client_id=settings.mqtt_client_id, sink=writer.submit,
                         ca_file=str(settings.edge_broker_ca) if settings.edge_broker_ca else None,
                         on_connection=lambda up: metrics.edge_connected.set(1 if up else 0))
-    writer.ack = receiver.ack
+    writer.ack_all = receiver.ack_all
 
     def cut_off(meter_id: str, why: str) -> None:
         metrics.meters_cut_off.inc()

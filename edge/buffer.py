@@ -17,6 +17,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
+
 from edge.clock import StepDetector, anchor, step_since
 from edge.integrity import damaged_sentence, is_damage, is_full, quick_check
 from edge.reserve import ensure_reserve
@@ -85,8 +87,7 @@ class IngestOutcome:
     """Evidence rows (quarantine, rejected) removed by the evidence quota."""
 
 
-@dataclass(frozen=True, slots=True)
-class Claimed:
+class Claimed(msgspec.Struct, frozen=True, gc=False):  # one per forwarded reading: cheap to build
     id: int
     meter_id: str
     seq: int

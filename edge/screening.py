@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+
+import msgspec
 
 from protocol.check import check_topic
 from protocol.errors import ProtocolError
@@ -17,16 +18,14 @@ from protocol.topics import meter_of
 from protocol.wire import V1_PREFIX, parse_payload, verify_signed
 
 
-@dataclass(frozen=True, slots=True)
-class Accepted:
+class Accepted(msgspec.Struct, frozen=True, gc=False):  # Structs: one of these per reading, built cheaply
     meter_id: str
     seq: int
     reading_end: int
     payload: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class Quarantined:
+class Quarantined(msgspec.Struct, frozen=True, gc=False):
     topic: str
     payload: bytes
     reason: Reason
@@ -41,13 +40,9 @@ Verdict = Accepted | Quarantined
 def screen(topic: str, payload: bytes, keys: Mapping[str, bytes] | None = None) -> Verdict:
     """Accepted readings go to the buffer; everything else to quarantine with its reason."""
     try:
-        topic_meter: str | None = meter_of(topic)
-    except ProtocolError:
-        topic_meter = None
-    try:
         signed = parse_payload(payload)
     except ProtocolError as exc:
-        return Quarantined(topic, payload, exc.reason, exc.detail, topic_meter, _claimed_seq(payload))
+        return Quarantined(topic, payload, exc.reason, exc.detail, _topic_meter(topic), _claimed_seq(payload))
     meter_id, seq = signed.reading.meter_id, signed.reading.seq
     try:
         check_topic(signed, topic)
@@ -62,6 +57,13 @@ def screen(topic: str, payload: bytes, keys: Mapping[str, bytes] | None = None) 
                                f"signature does not verify with the key of meter {meter_id!r} in the key file",
                                meter_id, seq)
     return Accepted(meter_id, seq, signed.reading.end, signed.payload)
+
+
+def _topic_meter(topic: str) -> str | None:
+    try:
+        return meter_of(topic)
+    except ProtocolError:
+        return None
 
 
 def _claimed_seq(payload: bytes) -> int | None:

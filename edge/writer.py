@@ -21,6 +21,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import msgspec
+
 from edge.buffer import Buffer, Drop, IngestOutcome, LimitedCount
 from edge.guard import Guard
 from edge.integrity import damaged_sentence, is_damage, is_full
@@ -32,8 +34,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class Incoming:
+class Incoming(msgspec.Struct, gc=False):  # one per reading: a Struct builds ~7x faster than a frozen dataclass
     topic: str
     payload: bytes
     mid: int
@@ -41,8 +42,7 @@ class Incoming:
     generation: int
 
 
-@dataclass(frozen=True, slots=True)
-class Limited:
+class Limited(msgspec.Struct, gc=False):
     """A message of a cut-off meter (edge.guard): acked after its count is committed, never stored."""
     meter_id: str
     size: int
@@ -61,8 +61,8 @@ class _Stop:
     pass
 
 
-Acker = Callable[[int, int, int], None]
-"""ack(mid, qos, connection generation)"""
+Acker = Callable[[list[tuple[int, int, int]]], None]
+"""ack_all([(mid, qos, connection generation), ...]): release committed messages at the broker"""
 
 
 class Writer:
@@ -81,7 +81,7 @@ class Writer:
         self._counted: set[int] = set()
         """ids of the Limited items of the group being committed whose count is already stored."""
         self._thread = threading.Thread(target=self._main, name="edge-writer", daemon=True)
-        self.ack: Acker = lambda _mid, _qos, _gen: None
+        self.ack_all: Acker = lambda _acks: None
         self.on_stored: Callable[[], None] = lambda: None
         """Called (on the writer thread) after a commit that added pending rows."""
         self.on_failure: Callable[[BaseException], None] = lambda _exc: None
@@ -297,9 +297,7 @@ class Writer:
         outcome = self.buffer.ingest(verdicts, time.time()) if verdicts else IngestOutcome()
         self._metrics.commit_seconds.observe(time.perf_counter() - started)
         # Only now, with the readings durable (per the synchronous setting), release them at the broker.
-        for m in messages:
-            if m.qos > 0:
-                self.ack(m.mid, m.qos, m.generation)
+        self.ack_all([(m.mid, m.qos, m.generation) for m in messages if m.qos > 0])
         self._account(len(messages), outcome)
         self._counted.clear()
         if outcome.stored:

@@ -8,7 +8,6 @@ bytes the meter signed, never a re-serialisation.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from enum import IntFlag
 from typing import Literal
 
@@ -63,8 +62,7 @@ class Reading(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defa
 Format = Literal["v1", "legacy"]
 
 
-@dataclass(frozen=True, slots=True)
-class SignedReading:
+class SignedReading(msgspec.Struct, frozen=True):  # a Struct builds in ~0.1 µs, a frozen dataclass ~0.7
     """A parsed payload: the reading plus the exact bytes that were signed and travelled."""
 
     reading: Reading

@@ -58,6 +58,9 @@ class BenchResult(msgspec.Struct, kw_only=True):
     """Agent RSS (MB) with `buffered` readings in its buffer while ingesting."""
     agent_cpu_percent: float
     """Agent CPU during the ingest phase (100 = one core)."""
+    agent_cpu_us_per_reading: float
+    """Agent CPU time (user + system) from the first publish until the cloud had every reading of the
+    ingest phase, divided by the readings: receive, screen, store, ack, forward and most ack handling."""
     machine: str
 
 
@@ -179,10 +182,13 @@ def edge_bench(readings: int, meters: int, buffered: int, as_json: bool) -> None
             say(f"ingest: signing and publishing {n:,} readings from {meters} meters ...")
             pub = _Publish(fleet_url, meters, per_meter, 0)
             proc.cpu_percent()
+            cpu_before = proc.cpu_times()
             pub.go()
             t_received = _wait(lambda: agent.metric("gridtokenx_edge_received_total") >= n, 600, "ingest")
             cpu = proc.cpu_percent()
             t_cloud = _wait(lambda: standin.seen.unique() >= n, 600, "the cloud to get every reading", 0.01)
+            cpu_after = proc.cpu_times()
+            cpu_us = ((cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)) * 1e6 / n
             started, took = pub.result()
             publish_rate, ingest_rate = n / took, n / (t_received - started)
             e2e_rate = n / (t_cloud - started)
@@ -225,8 +231,9 @@ def edge_bench(readings: int, meters: int, buffered: int, as_json: bool) -> None
         readings=n, meters=meters, publish_rate=round(publish_rate), ingest_rate=round(ingest_rate),
         end_to_end_rate=round(e2e_rate), replay_rate=round(replay_rate),
         replay_rate_with_reconnect=round(replay_with_reconnect), buffered=buffered, rss_mb=round(rss, 1),
-        agent_cpu_percent=round(cpu), machine=f"{platform.machine()}, {psutil.cpu_count()} cores, "
-                                                f"load {os.getloadavg()[0]:.1f}")
+        agent_cpu_percent=round(cpu), agent_cpu_us_per_reading=round(cpu_us, 1),
+        machine=f"{platform.machine()}, {psutil.cpu_count()} cores, "
+                f"load {os.getloadavg()[0]:.1f}")
     click.echo(msgspec.json.encode(result) if as_json else msgspec.json.format(msgspec.json.encode(result), indent=2))
 
 
