@@ -172,7 +172,7 @@ class Forwarder:
                 batch_id, [BatchItem(r.meter_id, r.seq, r.payload) for r in done.result()], now, now + timeout)
             self._m.batches_in_flight.set(len(self._inflight))
 
-        claim = asyncio.ensure_future(self._writer.call(lambda b: b.claim(batch_id, size, time.time())))
+        claim = asyncio.ensure_future(self._writer.call(lambda b: b.claim(batch_id, size, time.time()), urgent=True))
         claim.add_done_callback(adopt)
         await asyncio.shield(claim)
         return self._inflight.get(batch_id)
@@ -203,7 +203,7 @@ class Forwarder:
         flight.deadline = time.monotonic() + self._s.ack_timeout_s
         if resend:
             self._m.resent.inc(len(flight.items))
-            await self._writer.call(lambda b: b.mark_resent(flight.batch_id, time.time()))
+            await self._writer.call(lambda b: b.mark_resent(flight.batch_id, time.time()), urgent=True)
         else:
             self._m.forwarded.inc(len(flight.items))
 
@@ -247,7 +247,8 @@ class Forwarder:
         # Shielded: once the batch is out of memory its ack must reach SQLite, even if the connection
         # drops (and this task is cancelled) while the writer applies it.
         outcome: AckOutcome = await asyncio.shield(asyncio.ensure_future(self._writer.call(
-            lambda b: b.apply_ack(ack.batch_id, ack.results, time.time(), whole_batch_ok=whole))))
+            lambda b: b.apply_ack(ack.batch_id, ack.results, time.time(), whole_batch_ok=whole),
+            urgent=True)))
         self.last_ack_at = time.monotonic()
         if flight is not None:
             self._m.forward_latency.observe(time.monotonic() - flight.first_sent)

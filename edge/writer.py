@@ -6,11 +6,19 @@ housekeeping) share one FIFO queue. Messages are group-committed: take what is q
 one to the edge broker. A crash before the ack means the broker re-delivers (DUP), and the buffer
 stores it once. Because the queue is FIFO, a call submitted after a message runs after that
 message is committed and acked: `barrier()` relies on that during a drain.
+
+The forwarder's calls (claim a batch, apply a cloud ack) are *urgent*: they run before the next
+group, not behind every message queued ahead of them. A burst of incoming readings (every meter
+re-sending its outbox after an outage) can queue tens of thousands of messages; in FIFO order the
+forwarder then waited for all of them before each claim and sent next to nothing to the cloud
+until the burst was stored. Urgent calls only touch committed rows, so running them early changes
+nothing for the messages still queued (they are neither stored nor acked yet).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import queue
 import sqlite3
@@ -61,6 +69,10 @@ class _Stop:
     pass
 
 
+class _Wake:
+    """Wakes the writer for an urgent call (the call itself waits in `Writer._urgent`)."""
+
+
 Acker = Callable[[list[tuple[int, int, int]]], None]
 """ack_all([(mid, qos, connection generation), ...]): release committed messages at the broker"""
 
@@ -74,7 +86,8 @@ class Writer:
         self._keys = keys
         self._commit_max = commit_max
         self._linger = linger_s
-        self._queue: queue.SimpleQueue[Incoming | Limited | _Call | _Stop] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Incoming | Limited | _Call | _Stop | _Wake] = queue.SimpleQueue()
+        self._urgent: collections.deque[_Call] = collections.deque()
         self.guard: Guard | None = None
         self._q0_limited: dict[str, LimitedCount] = {}
         self._q0_lock = threading.Lock()
@@ -107,17 +120,22 @@ class Writer:
                 c.messages += 1
                 c.bytes += len(payload)
 
-    def call_soon(self, fn: Callable[[Buffer], T]) -> Future[T]:
+    def call_soon(self, fn: Callable[[Buffer], T], *, urgent: bool = False) -> Future[T]:
         future: Future[T] = Future()
         if self.failure is not None:
             future.set_exception(RuntimeError("the buffer writer has stopped after an error"))
             return future
-        self._queue.put(_Call(fn, future))
+        if urgent:
+            self._urgent.append(_Call(fn, future))
+            self._queue.put(_Wake())
+        else:
+            self._queue.put(_Call(fn, future))
         return future
 
-    async def call(self, fn: Callable[[Buffer], T]) -> T:
-        """Run `fn(buffer)` on the writer thread, in queue order."""
-        return await asyncio.wrap_future(self.call_soon(fn))
+    async def call(self, fn: Callable[[Buffer], T], *, urgent: bool = False) -> T:
+        """Run `fn(buffer)` on the writer thread: in queue order, or with `urgent` before the next
+        group of queued messages (for calls on committed rows only: claims and cloud acks)."""
+        return await asyncio.wrap_future(self.call_soon(fn, urgent=urgent))
 
     async def barrier(self) -> None:
         """Returns once every message queued before it is committed and acked.
@@ -160,6 +178,10 @@ class Writer:
             self._fail_pending(exc)
 
     def _fail_pending(self, exc: BaseException) -> None:
+        while self._urgent:
+            call = self._urgent.popleft()
+            if not call.future.done():
+                call.future.set_exception(RuntimeError(f"the buffer writer has stopped: {exc}"))
         while True:
             try:
                 item = self._queue.get_nowait()
@@ -171,9 +193,12 @@ class Writer:
     def _loop(self) -> None:
         q = self._queue
         while True:
+            self._run_urgent()
             item = q.get()
             if isinstance(item, _Stop):
                 return
+            if isinstance(item, _Wake):
+                continue
             if isinstance(item, _Call):
                 self._run(item)
                 continue
@@ -195,6 +220,8 @@ class Writer:
                 if isinstance(nxt, _Stop):
                     stop = True
                     break
+                if isinstance(nxt, _Wake):
+                    continue  # the urgent call runs right after this commit
                 if isinstance(nxt, _Call):
                     calls.append(nxt)  # runs right after this commit: still FIFO w.r.t. the messages
                     continue
@@ -246,11 +273,17 @@ class Writer:
                 return True
             if isinstance(item, _Stop):
                 return False
-            if isinstance(item, _Call):
+            if isinstance(item, _Wake):
+                self._run_urgent()
+            elif isinstance(item, _Call):
                 self._run(item)
             else:
                 messages.append(item)
         return True
+
+    def _run_urgent(self) -> None:
+        while self._urgent:
+            self._run(self._urgent.popleft())
 
     def _run(self, call: _Call) -> None:
         if not call.future.set_running_or_notify_cancel():
