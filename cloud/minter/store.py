@@ -223,18 +223,40 @@ async def confirm_many(pool: asyncpg.Pool, landed: Sequence[tuple[int, str, int,
     if not landed:
         return []
     async with pool.acquire() as conn, conn.transaction():
-        return [await _apply_confirmation(conn, batch_id, signature, slot, block_time)
-                for batch_id, signature, slot, block_time in landed]
+        out = [await _record_landed(conn, batch_id, signature, slot, block_time)
+               for batch_id, signature, slot, block_time in landed]
+        for (batch_id, _, slot, block_time), latencies in zip(landed, out, strict=True):
+            if latencies is not None:
+                await _mark_confirmed(conn, batch_id, slot, block_time)
+        return out
 
 
 async def _apply_confirmation(conn: asyncpg.Connection, batch_id: int, signature: str | None,
                               slot: int | None, block_time: int | None) -> list[float] | None:
+    latencies = await _record_landed(conn, batch_id, signature, slot, block_time)
+    if latencies is not None:
+        await _mark_confirmed(conn, batch_id, slot, block_time)
+    return latencies
+
+
+async def _mark_confirmed(conn: asyncpg.Connection, batch_id: int, slot: int | None, block_time: int | None) -> None:
+    """The batch's status change, last in its transaction: it fires the API's event trigger, which holds
+    the one event lock until commit (migration 040), and every ingest write waits for that lock. Done
+    first, it held the lock through the readings' update and stalled ingest for the whole of it."""
+    await conn.execute(
+        "UPDATE mint_batches SET status = 'confirmed', slot = $2, block_time = to_timestamp($3),"
+        " confirmed_at = now(), updated_at = now(), error = NULL WHERE id = $1", batch_id, slot, block_time)
+
+
+async def _record_landed(conn: asyncpg.Connection, batch_id: int, signature: str | None, slot: int | None,
+                         block_time: int | None) -> list[float] | None:
+    """A landed batch's readings, ledgers and retry rows. The compare-and-swap is the row lock on the
+    batch while it is still open with this signature: a concurrent confirm or release waits for this
+    transaction and then finds it confirmed. None when it is not open with this signature."""
     row = await conn.fetchrow(
-        "UPDATE mint_batches SET status = 'confirmed', slot = $3, block_time = to_timestamp($4),"
-        " confirmed_at = now(), updated_at = now(), error = NULL"
-        " WHERE id = $1 AND signature IS NOT DISTINCT FROM $2 AND status IN ('planned', 'sent')"
-        " RETURNING reading_ids, reading_units, meter_ids, meter_wh, meter_units, settings_id",
-        batch_id, signature, slot, block_time)
+        "SELECT reading_ids, reading_units, meter_ids, meter_wh, meter_units, settings_id FROM mint_batches"
+        " WHERE id = $1 AND signature IS NOT DISTINCT FROM $2 AND status IN ('planned', 'sent') FOR UPDATE",
+        batch_id, signature)
     if row is None:
         return None
     # The readings, and the per-second figures `status.read_status` reads instead of scanning them.
