@@ -220,7 +220,9 @@ async def test_migration_060_upgrades_a_database_that_has_readings(database_url:
     await query(database_url, "INSERT INTO minting_retry_queue (reading_id) SELECT id FROM meter_readings"
                 " WHERE seq = 3")
 
-    assert await db.migrate(database_url) == ["060_meter_readings_partitioned"]
+    upgraded = await db.migrate(database_url)
+    assert upgraded[0] == "060_meter_readings_partitioned"
+    assert upgraded == [p.name for p in db.discover() if p.version >= 60]  # 060 and whatever came after it
     assert await count(database_url, "SELECT count(*) FROM meter_readings") == 5
     keys = await query(database_url, "SELECT k.seq, k.payload_sha256 = sha256(r.payload) AS same FROM"
                        " meter_reading_keys k JOIN meter_readings r ON r.id = k.reading_id ORDER BY k.seq")
