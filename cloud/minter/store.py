@@ -223,20 +223,24 @@ async def confirm_many(pool: asyncpg.Pool, landed: Sequence[tuple[int, str, int,
     if not landed:
         return []
     async with pool.acquire() as conn, conn.transaction():
-        out = [await _record_landed(conn, batch_id, signature, slot, block_time)
-               for batch_id, signature, slot, block_time in landed]
-        for (batch_id, _, slot, block_time), latencies in zip(landed, out, strict=True):
-            if latencies is not None:
-                await _mark_confirmed(conn, batch_id, slot, block_time)
-        return out
+        return await _apply_confirmations(conn, landed)
 
 
 async def _apply_confirmation(conn: asyncpg.Connection, batch_id: int, signature: str | None,
                               slot: int | None, block_time: int | None) -> list[float] | None:
-    latencies = await _record_landed(conn, batch_id, signature, slot, block_time)
-    if latencies is not None:
-        await _mark_confirmed(conn, batch_id, slot, block_time)
-    return latencies
+    return (await _apply_confirmations(conn, [(batch_id, signature, slot, block_time)]))[0]
+
+
+async def _apply_confirmations(conn: asyncpg.Connection,
+                               landed: Sequence[tuple[int, str | None, int | None, int | None]]
+                               ) -> list[list[float] | None]:
+    """Every batch's readings and ledgers first, then the status changes (see `_mark_confirmed`)."""
+    out = [await _record_landed(conn, batch_id, signature, slot, block_time)
+           for batch_id, signature, slot, block_time in landed]
+    for (batch_id, _, slot, block_time), latencies in zip(landed, out, strict=True):
+        if latencies is not None:
+            await _mark_confirmed(conn, batch_id, slot, block_time)
+    return out
 
 
 async def _mark_confirmed(conn: asyncpg.Connection, batch_id: int, slot: int | None, block_time: int | None) -> None:
